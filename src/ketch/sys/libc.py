@@ -1,0 +1,78 @@
+"""The C library handle and the raw ``syscall(2)`` entry shared by ``ketch.sys``.
+
+Wrappers call :func:`check` on the return value so a failure becomes an
+``OSError`` that carries the kernel's errno and a description of the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+__all__ = ["MACHINE", "check", "libc", "nr", "syscall"]
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+# long syscall(long number, ...);
+_syscall = libc.syscall
+_syscall.restype = ctypes.c_long
+
+MACHINE = platform.machine()
+
+# Numbers for the calls glibc 2.36 does not wrap (or wraps too late for us).
+_NR: dict[str, dict[str, int]] = {
+    "x86_64": {
+        "pivot_root": 155,
+        "capget": 125,
+        "capset": 126,
+        "seccomp": 317,
+        "memfd_create": 319,
+        "execveat": 322,
+        "pidfd_open": 434,
+        "pidfd_send_signal": 424,
+        "close_range": 436,
+        "setns": 308,
+        "unshare": 272,
+    },
+    "aarch64": {
+        "pivot_root": 41,
+        "capget": 90,
+        "capset": 91,
+        "seccomp": 277,
+        "memfd_create": 279,
+        "execveat": 281,
+        "pidfd_open": 434,
+        "pidfd_send_signal": 424,
+        "close_range": 436,
+        "setns": 268,
+        "unshare": 97,
+    },
+}
+
+
+def nr(name: str) -> int:
+    """The syscall number of ``name`` on this machine."""
+    try:
+        return _NR[MACHINE][name]
+    except KeyError:
+        raise OSError(38, f"syscall {name} unknown on {MACHINE}") from None
+
+
+def check(ret: int, call: str) -> int:
+    """Return ``ret`` or raise ``OSError`` with the current errno when it is -1."""
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), call)
+    return ret
+
+
+def syscall(name: str, *args: int | bytes | ctypes.c_void_p | None, desc: str = "") -> int:
+    """Invoke a raw syscall by name; integers and bytes pass through ctypes as C values."""
+    conv: list[object] = []
+    for a in args:
+        if isinstance(a, int):
+            conv.append(ctypes.c_long(a))
+        else:
+            conv.append(a)
+    return check(_syscall(ctypes.c_long(nr(name)), *conv), desc or name)

@@ -1,0 +1,21 @@
+"""Shared test wiring: the ``root`` tier skips itself when not running as root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO.parent / "shared" / "specs"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/integration/ are root tests; skip them (and any marked root) if not root."""
+    skip = pytest.mark.skip(reason="needs root (integration tier)")
+    for item in items:
+        if f"{os.sep}integration{os.sep}" in str(item.path):
+            item.add_marker(pytest.mark.root)
+        if os.geteuid() != 0 and "root" in item.keywords:
+            item.add_marker(skip)
