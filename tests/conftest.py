@@ -12,7 +12,7 @@ SPECS = REPO.parent / "shared" / "specs"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests under tests/integration/ are root tests; skip them (and any marked root) if not root."""
+    """tests/integration/ holds root tests; skip those (and any marked root) if not root."""
     skip = pytest.mark.skip(reason="needs root (integration tier)")
     for item in items:
         if f"{os.sep}integration{os.sep}" in str(item.path):

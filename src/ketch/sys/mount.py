@@ -7,7 +7,7 @@ import enum
 
 from ketch.sys.libc import check, libc, syscall
 
-__all__ = ["MS", "MNT_DETACH", "mount", "pivot_root", "umount"]
+__all__ = ["MNT_DETACH", "MS", "mount", "pivot_root", "umount"]
 
 
 class MS(enum.IntFlag):
@@ -42,7 +42,8 @@ MNT_DETACH = 2
 # int mount(const char *source, const char *target, const char *fstype,
 #           unsigned long mountflags, const void *data);
 _mount = libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_char_p]
 _mount.restype = ctypes.c_int
 
 # int umount2(const char *target, int flags);

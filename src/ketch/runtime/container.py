@@ -1,0 +1,575 @@
+"""``Runtime``: ketch's OCI runtime as a library (what ``ketch-runtime`` calls).
+
+Every method is safe to call from a fresh process: all it needs is on disk under
+``root`` (see :mod:`ketch.runtime.state`). Methods raise ``ketch.errors`` classes
+with runc's wording where tools parse it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ketch.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from ketch.runtime.state import (
+    DEFAULT_ROOT,
+    ContainerDir,
+    Status,
+    list_ids,
+    proc_start_time,
+)
+
+__all__ = ["Runtime"]
+
+_NS_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
+
+
+def _now_rfc3339() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def _cgroup_manager(record: Mapping[str, Any]) -> Any:
+    from ketch.runtime.cgroups import new_manager
+
+    return new_manager(record.get("cgroupsPath"), record["id"])
+
+
+def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if proc_start_time(pid) != start or start is None:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+class Runtime:
+    """The runtime rooted at ``root`` (runc's ``--root``)."""
+
+    name = "ketch"
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    # ---- reading state -------------------------------------------------------------
+
+    def _status(self, cd: ContainerDir, rec: Mapping[str, Any]) -> str:
+        if rec.get("status") == Status.CREATING:
+            creator = rec.get("creator") or [0, None]
+            alive = creator[0] and proc_start_time(creator[0]) == creator[1]
+            return Status.CREATING if alive else Status.STOPPED
+        pid = rec.get("pid") or 0
+        if not pid or proc_start_time(pid) != rec.get("startTime"):
+            return Status.STOPPED
+        if os.path.exists(cd.fifo):
+            return Status.CREATED
+        try:
+            if _cgroup_manager(rec).frozen():
+                return Status.PAUSED
+        except OSError:
+            pass
+        return Status.RUNNING
+
+    def _oci_state(self, cd: ContainerDir, rec: Mapping[str, Any]) -> dict[str, Any]:
+        status = self._status(cd, rec)
+        pid = rec.get("pid") or 0
+        return {
+            "ociVersion": rec.get("ociVersion", "1.2.1"),
+            "id": cd.id,
+            "pid": 0 if status == Status.STOPPED else pid,
+            "status": status,
+            "bundle": rec.get("bundle", ""),
+            "rootfs": rec.get("rootfs", ""),
+            "created": rec.get("created", ""),
+            "owner": rec.get("owner", ""),
+            "annotations": rec.get("annotations") or {},
+        }
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        cd = ContainerDir(self.root, container_id)
+        return self._oci_state(cd, cd.load())
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        for cid in list_ids(self.root):
+            cd = ContainerDir(self.root, cid)
+            try:
+                out.append(self._oci_state(cd, cd.load()))
+            except NotFound:
+                continue
+        return out
+
+    # ---- create ----------------------------------------------------------------------
+
+    def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
+               pid_file: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
+               stdio: Any = None, foreground_console: bool = False,
+               on_console: Callable[[int], None] | None = None) -> int:
+        """Create the container; returns the init's host pid. Status is then ``created``.
+
+        ``foreground_console``: the terminal's master is received by this process and
+        handed to ``on_console`` (``run -t`` without a console socket).
+        """
+        from ketch.runtime.validate import load_config, validate
+
+        cd = ContainerDir(self.root, container_id)
+        bundle = os.path.abspath(bundle)
+        config = load_config(bundle)
+        seccomp = validate(config, bundle)
+        process = config.get("process") or {}
+        if process.get("terminal") and not console_socket and not foreground_console:
+            raise InvalidArgument("cannot allocate tty if ketch-runtime will detach without "
+                                  "setting console socket")
+        if not process.get("terminal") and console_socket:
+            raise InvalidArgument("cannot use console socket if ketch-runtime will not "
+                                  "detach or allocate tty")
+        linux = config.get("linux") or {}
+        os.makedirs(self.root, 0o711, exist_ok=True)
+        try:
+            os.mkdir(cd.path, 0o711)
+        except FileExistsError:
+            raise Conflict(f"container with id exists: {container_id}") from None
+        root_path = config["root"]["path"]
+        rootfs = os.path.realpath(os.path.join(bundle, root_path))
+        record: dict[str, Any] = {
+            "ociVersion": config.get("ociVersion"), "id": container_id, "bundle": bundle,
+            "rootfs": rootfs, "created": _now_rfc3339(), "owner": _owner(),
+            "annotations": config.get("annotations") or {}, "status": Status.CREATING,
+            "creator": [os.getpid(), proc_start_time(os.getpid())],
+            "cgroupsPath": linux.get("cgroupsPath"), "config": config,
+        }
+        pid = 0
+        cgroup = None
+        try:
+            cd.save(record, sync=False)
+            from ketch.runtime.cgroups import new_manager
+
+            cgroup = new_manager(linux.get("cgroupsPath"), container_id)
+            cgroup.create()
+            resources = linux.get("resources")
+            if resources:
+                cgroup.set(resources)
+            os.mkfifo(cd.fifo, 0o600)
+            fifo_fd = os.open(cd.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            pid = self._spawn_init(cd, config, bundle, rootfs, cgroup, seccomp, fifo_fd,
+                                   console_socket, foreground_console, on_console, no_pivot,
+                                   preserve_fds, record)
+            os.close(fifo_fd)
+            record.update(status=Status.CREATED, pid=pid, startTime=proc_start_time(pid))
+            record.pop("creator", None)
+            cd.save(record)
+            if pid_file:
+                from ketch.runtime.state import atomic_write
+
+                atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
+        except BaseException:
+            if pid:
+                _kill_quiet(pid, signal.SIGKILL)
+                _wait_gone(pid, None, 0)
+            if cgroup is not None:
+                _destroy_cgroup(cgroup)
+            _rmtree(cd.path)
+            raise
+        return pid
+
+    def _spawn_init(self, cd: ContainerDir, config: Mapping[str, Any], bundle: str, rootfs: str,
+                    cgroup: Any, seccomp: tuple[bytes, int] | None, fifo_fd: int,
+                    console_socket: str | None, foreground_console: bool,
+                    on_console: Callable[[int], None] | None, no_pivot: bool,
+                    preserve_fds: int, record: dict[str, Any]) -> int:
+        from ketch.runtime.init import Channel, CreateContext, init_child
+        from ketch.sys.ns import NS_FLAGS
+
+        linux = config.get("linux") or {}
+        join: list[tuple[str, str]] = []
+        new_flags = 0
+        userns: str | None = None
+        for ns in linux.get("namespaces") or []:
+            kind = ns["type"]
+            if kind == "user":
+                userns = "join" if ns.get("path") else "new"
+            if ns.get("path"):
+                join.append((kind, ns["path"]))
+            elif kind != "user":
+                new_flags |= NS_FLAGS[kind][0]
+        join.sort(key=lambda j: _NS_ORDER.index(j[0]))
+        console = local_console = None
+        if config.get("process", {}).get("terminal"):
+            if console_socket:
+                console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    console.connect(console_socket)
+                except OSError as e:
+                    raise InvalidArgument(f"console socket {console_socket}: {e.strerror}") \
+                        from None
+            else:
+                local_console, console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ctx = CreateContext(
+            bundle=bundle, cgroup=cgroup, cgroup_binds=_cgroup_binds(cgroup, new_flags),
+            chan=Channel(child), config=config, console=console, fifo_fd=fifo_fd,
+            id=cd.id, join=join, new_flags=new_flags, no_pivot=no_pivot,
+            preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns)
+        cpid = os.fork()
+        if cpid == 0:
+            parent.close()
+            init_child(ctx)
+        child.close()
+        if console is not None:
+            console.close()
+        chan = Channel(parent)
+        init_pid = 0
+        try:
+            while True:
+                msg = chan.recv()
+                kind = msg.get("type")
+                if kind == "error":
+                    raise _error_from_child(msg["message"])
+                if kind == "userns":
+                    _write_id_maps(msg["pid"], linux)
+                    chan.send(type="userns-ok")
+                elif kind == "pid":
+                    init_pid = msg["pid"]
+                    os.waitpid(cpid, 0)
+                    cpid = 0
+                elif kind == "hooks":
+                    from ketch.runtime.hooks import run_hooks
+
+                    state = {"ociVersion": config.get("ociVersion"), "id": cd.id,
+                             "status": Status.CREATING, "pid": init_pid, "bundle": bundle,
+                             "annotations": config.get("annotations") or {}}
+                    run_hooks(config, "prestart", state)
+                    run_hooks(config, "createRuntime", state)
+                    chan.send(type="hooks-ok", state=state)
+                elif kind == "ready":
+                    break
+            if local_console is not None:
+                from ketch.runtime.console import recv_fd
+
+                master = recv_fd(local_console)
+                if on_console is not None:
+                    on_console(master)
+            return init_pid
+        except ConnectionError:
+            raise FailedPrecondition("container init exited before it was ready") from None
+        except BaseException:
+            if init_pid:
+                _kill_quiet(init_pid, signal.SIGKILL)
+            raise
+        finally:
+            if cpid:
+                _kill_quiet(cpid, signal.SIGKILL)
+                try:
+                    os.waitpid(cpid, 0)
+                except ChildProcessError:
+                    pass
+            parent.close()
+            if local_console is not None:
+                local_console.close()
+
+    # ---- start / signals / delete ------------------------------------------------------
+
+    def start(self, container_id: str) -> None:
+        cd = ContainerDir(self.root, container_id)
+        with cd.locked():
+            rec = cd.load()
+            status = self._status(cd, rec)
+            if status == Status.STOPPED:
+                raise FailedPrecondition("cannot start a container that has stopped")
+            if status != Status.CREATED:
+                raise FailedPrecondition("cannot start an already running container")
+            try:
+                fd = os.open(cd.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    raise FailedPrecondition("cannot start a container that has stopped") \
+                        from None
+                raise
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+            os.unlink(cd.fifo)
+            config = rec.get("config") or {}
+            from ketch.runtime.hooks import has_hooks, run_hooks
+
+            if has_hooks(config, "poststart"):
+                run_hooks(config, "poststart", self._oci_state(cd, rec), fatal=False)
+
+    def kill(self, container_id: str, signal_: int = signal.SIGTERM, *,
+             all_processes: bool = False) -> None:
+        cd = ContainerDir(self.root, container_id)
+        rec = cd.load()
+        status = self._status(cd, rec)
+        if status == Status.STOPPED:
+            raise FailedPrecondition("container not running")
+        if all_processes:
+            _cgroup_manager(rec).kill_all(signal_)
+            return
+        _kill_quiet(rec["pid"], signal_)
+
+    def pause(self, container_id: str) -> None:
+        cd = ContainerDir(self.root, container_id)
+        with cd.locked():
+            rec = cd.load()
+            status = self._status(cd, rec)
+            if status not in (Status.RUNNING, Status.CREATED):
+                raise FailedPrecondition(f"container not running: {status}")
+            _cgroup_manager(rec).freeze()
+
+    def resume(self, container_id: str) -> None:
+        cd = ContainerDir(self.root, container_id)
+        with cd.locked():
+            rec = cd.load()
+            if self._status(cd, rec) != Status.PAUSED:
+                raise FailedPrecondition("container not paused")
+            _cgroup_manager(rec).thaw()
+
+    def delete(self, container_id: str, *, force: bool = False) -> None:
+        cd = ContainerDir(self.root, container_id)
+        with cd.locked():
+            rec = cd.load()
+            status = self._status(cd, rec)
+            if status in (Status.RUNNING, Status.PAUSED) and not force:
+                raise FailedPrecondition(
+                    f"cannot delete container {container_id} that is not stopped: {status}")
+            cgroup = None
+            try:
+                cgroup = _cgroup_manager(rec)
+            except Exception:
+                cgroup = None
+            if status != Status.STOPPED:
+                pid = rec["pid"]
+                if cgroup is not None:
+                    try:
+                        cgroup.kill_all(signal.SIGKILL)
+                        if status == Status.PAUSED:
+                            cgroup.thaw()
+                    except OSError:
+                        pass
+                _kill_quiet(pid, signal.SIGKILL)
+                _wait_gone(pid, rec.get("startTime"), 10)
+            if cgroup is not None:
+                _destroy_cgroup(cgroup)
+            config = rec.get("config") or {}
+            from ketch.runtime.hooks import has_hooks, run_hooks
+
+            if has_hooks(config, "poststop"):
+                st = self._oci_state(cd, rec)
+                st["status"] = Status.STOPPED
+                run_hooks(config, "poststop", st, fatal=False)
+            _rmtree(cd.path)
+
+    # ---- processes and resources ------------------------------------------------------
+
+    def ps(self, container_id: str) -> builtins.list[int]:
+        cd = ContainerDir(self.root, container_id)
+        rec = cd.load()
+        pids: builtins.list[int] = _cgroup_manager(rec).pids()
+        return pids
+
+    def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        cd = ContainerDir(self.root, container_id)
+        with cd.locked():
+            rec = cd.load()
+            if self._status(cd, rec) == Status.STOPPED:
+                raise FailedPrecondition("container not running")
+            from ketch.runtime.validate import validate
+
+            config = rec.get("config") or {}
+            linux = config.setdefault("linux", {})
+            merged = _merge(linux.get("resources") or {}, resources)
+            trial = dict(config, linux=dict(linux, resources=merged))
+            validate(trial, rec["bundle"], need_process=False, check_rootfs=False)
+            _cgroup_manager(rec).set(merged)
+            linux["resources"] = merged
+            cd.save(rec)
+
+    def stats(self, container_id: str) -> dict[str, Any]:
+        cd = ContainerDir(self.root, container_id)
+        rec = cd.load()
+        if self._status(cd, rec) == Status.STOPPED:
+            raise FailedPrecondition("container not running")
+        data: dict[str, Any] = _cgroup_manager(rec).stats()
+        return data
+
+    def oom_kills(self, container_id: str) -> int:
+        cd = ContainerDir(self.root, container_id)
+        n: int = _cgroup_manager(cd.load()).oom_kills()
+        return n
+
+    def exec(self, container_id: str, process: dict[str, Any], *, detach: bool = False,
+             console_socket: str | None = None, pid_file: str | None = None,
+             stdio: Any = None, preserve_fds: int = 0, ignore_paused: bool = False,
+             foreground_console: bool = False,
+             on_console: Callable[[int], None] | None = None) -> int:
+        """Start ``process`` in the container; returns its host pid (caller waits)."""
+        from ketch.runtime.init import Channel, ExecContext, exec_child
+        from ketch.runtime.validate import validate_process
+
+        cd = ContainerDir(self.root, container_id)
+        rec = cd.load()
+        status = self._status(cd, rec)
+        if status == Status.STOPPED:
+            raise FailedPrecondition("cannot exec in a stopped container")
+        if status == Status.PAUSED and not ignore_paused:
+            raise FailedPrecondition("cannot exec in a paused container (use --ignore-paused)")
+        validate_process(process)
+        config = rec.get("config") or {}
+        if process.get("terminal") and not console_socket and not foreground_console:
+            raise InvalidArgument("cannot allocate tty if ketch-runtime will detach without "
+                                  "setting console socket")
+        linux = config.get("linux") or {}
+        seccomp = None
+        if linux.get("seccomp"):
+            from ketch.runtime.seccomp import compile_seccomp
+
+            seccomp = compile_seccomp(linux["seccomp"])
+        userns = None
+        for ns in linux.get("namespaces") or []:
+            if ns["type"] == "user":
+                userns = "join"
+        console = local_console = None
+        if process.get("terminal"):
+            if console_socket:
+                console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                console.connect(console_socket)
+            else:
+                local_console, console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ctx = ExecContext(cgroup=_cgroup_manager(rec), chan=Channel(child), console=console, init_pid=rec["pid"], preserve_fds=preserve_fds,
+                          process=process, seccomp=seccomp, userns=userns)
+        cpid = os.fork()
+        if cpid == 0:
+            parent.close()
+            exec_child(ctx)
+        child.close()
+        if console is not None:
+            console.close()
+        chan = Channel(parent)
+        pid = 0
+        try:
+            while True:
+                msg = chan.recv()
+                if msg.get("type") == "error":
+                    raise _error_from_child(msg["message"])
+                if msg.get("type") == "pid":
+                    pid = msg["pid"]
+                    os.waitpid(cpid, 0)
+                    cpid = 0
+                elif msg.get("type") == "ready":
+                    break
+            if local_console is not None:
+                from ketch.runtime.console import recv_fd
+
+                master = recv_fd(local_console)
+                if on_console is not None:
+                    on_console(master)
+        except ConnectionError:
+            raise FailedPrecondition("exec process exited before it was ready") from None
+        except BaseException:
+            if pid:
+                _kill_quiet(pid, signal.SIGKILL)
+            raise
+        finally:
+            if cpid:
+                _kill_quiet(cpid, signal.SIGKILL)
+                os.waitpid(cpid, 0)
+            parent.close()
+            if local_console is not None:
+                local_console.close()
+        if pid_file:
+            from ketch.runtime.state import atomic_write
+
+            atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
+        return pid
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+def _owner() -> str:
+    uid = os.geteuid()
+    if uid == 0:
+        return "root"
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
+
+
+def _merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _error_from_child(message: str) -> Exception:
+    if message.startswith("exec: "):
+        return InvalidArgument(message)
+    return FailedPrecondition(message)
+
+
+def _kill_quiet(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _write_id_maps(pid: int, linux: Mapping[str, Any]) -> None:
+    def fmt(maps: Any) -> bytes:
+        return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n"
+                       for m in maps or []).encode()
+
+    if os.geteuid() != 0:
+        with open(f"/proc/{pid}/setgroups", "w") as f:
+            f.write("deny")
+    for name, key in (("uid_map", "uidMappings"), ("gid_map", "gidMappings")):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, fmt(linux.get(key)))
+        finally:
+            os.close(fd)
+
+
+def _cgroup_binds(cgroup: Any, new_flags: int) -> list[tuple[str, str]]:
+    binds = getattr(cgroup, "mount_binds", None)
+    if binds is None:
+        return []
+    out: list[tuple[str, str]] = binds()
+    return out
+
+
+def _destroy_cgroup(cgroup: Any) -> None:
+    try:
+        if cgroup.exists():
+            try:
+                cgroup.kill_all(signal.SIGKILL)
+            except OSError:
+                pass
+        cgroup.destroy()
+    except OSError:
+        pass
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

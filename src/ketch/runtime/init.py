@@ -1,0 +1,377 @@
+"""The container side of ``create`` and ``exec``: code that runs in forked children.
+
+Process tree of ``create`` (P is the ketch-runtime process)::
+
+    P  validates, makes the state dir and cgroup, forks C, serves C and I over a
+       SOCK_SEQPACKET channel, writes state.json, exits (create) or waits (run)
+    └─ C  joins the cgroup, joins/creates the user namespace (P writes its id maps),
+          joins/creates the other namespaces, forks I, reports I's pid, exits
+       └─ I  pid 1 of the new pid namespace: mounts, pivot_root, console, identity;
+             says "ready", then blocks on exec.fifo until ``start``; execs the program
+
+``exec`` is the same with C joining the namespaces of a running init and E in
+place of I. A pid namespace (new or joined) only applies to children, which is
+why C exists. Every message is one JSON object; an error in C, I or E travels
+back as ``{"type": "error", "message": ...}`` so P can print one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from ketch.errors import KetchError
+from ketch.runtime import process as proc
+from ketch.sys import prctl
+from ketch.sys.ns import CLONE, NS_FLAGS, setdomainname, sethostname, setns, unshare
+
+__all__ = ["Channel", "CreateContext", "ExecContext", "exec_child", "init_child"]
+
+
+class Channel:
+    """JSON messages over a SOCK_SEQPACKET socket (one message per packet)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, **msg: Any) -> None:
+        self.sock.send(json.dumps(msg).encode())
+
+    def recv(self) -> dict[str, Any]:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("peer closed the sync channel")
+        out: dict[str, Any] = json.loads(data)
+        return out
+
+    def expect(self, kind: str) -> dict[str, Any]:
+        msg = self.recv()
+        if msg.get("type") != kind:
+            raise ConnectionError(f"sync: expected {kind}, got {msg.get('type')}")
+        return msg
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, KetchError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def _fail(chan: Channel | None, e: BaseException) -> NoReturn:
+    try:
+        if chan is not None:
+            chan.send(type="error", message=_describe(e))
+    finally:
+        os._exit(1)
+
+
+class CreateContext:
+    """Everything C and I need, computed by P before the fork."""
+
+    __slots__ = ("bundle", "cgroup", "cgroup_binds", "chan", "config", "console", "fifo_fd",
+                 "id", "join", "new_flags", "no_pivot", "preserve_fds", "rootfs", "seccomp",
+                 "userns")
+
+    def __init__(self, *, bundle: str, cgroup: Any, cgroup_binds: Sequence[tuple[str, str]],
+                 chan: Channel, config: Mapping[str, Any], console: socket.socket | None,
+                 fifo_fd: int, id: str, join: Sequence[tuple[str, str]], new_flags: int,
+                 no_pivot: bool, preserve_fds: int, rootfs: str,
+                 seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
+        self.bundle = bundle
+        self.cgroup = cgroup
+        self.cgroup_binds = cgroup_binds
+        self.chan = chan
+        self.config = config
+        self.console = console
+        self.fifo_fd = fifo_fd
+        self.id = id
+        self.join = join
+        self.new_flags = new_flags
+        self.no_pivot = no_pivot
+        self.preserve_fds = preserve_fds
+        self.rootfs = rootfs
+        self.seccomp = seccomp
+        self.userns = userns  # None, "new" or "join"
+
+
+class ExecContext:
+    """What C and E need for ``exec``: the init's pid and the process to run."""
+
+    __slots__ = ("cgroup", "chan", "console", "init_pid", "preserve_fds", "process", "seccomp",
+                 "userns")
+
+    def __init__(self, *, cgroup: Any, chan: Channel, console: socket.socket | None,
+                 init_pid: int, preserve_fds: int, process: Mapping[str, Any],
+                 seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
+        self.cgroup = cgroup
+        self.chan = chan
+        self.console = console
+        self.init_pid = init_pid
+        self.preserve_fds = preserve_fds
+        self.process = process
+        self.seccomp = seccomp
+        self.userns = userns
+
+
+def _terminate_on_signals() -> None:
+    # As pid 1 of its namespace, I only receives signals it has a handler for; until
+    # the program runs, a TERM/INT/... from the host must still end it.
+    def die(signum: int, _frame: object) -> None:
+        os._exit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+              signal.SIGUSR2):
+        signal.signal(s, die)
+
+
+def _ns_join(join: Sequence[tuple[str, str]], only_user: bool) -> None:
+    for kind, path in join:
+        if (kind == "user") != only_user:
+            continue
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, NS_FLAGS[kind][0])
+        finally:
+            os.close(fd)
+
+
+def _become_ns_root() -> None:
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError:  # 0 is not mapped in this user namespace; stay as we are
+        pass
+
+
+def init_child(ctx: CreateContext) -> NoReturn:
+    """C of ``create``: never returns."""
+    chan: Channel = ctx.chan
+    try:
+        prctl.set_dumpable(False)
+        if ctx.cgroup is not None:
+            ctx.cgroup.apply(0)
+        _ns_join(ctx.join, only_user=True)
+        if ctx.userns == "new":
+            unshare(CLONE.NEWUSER)
+            chan.send(type="userns", pid=os.getpid())
+            chan.expect("userns-ok")
+            _become_ns_root()
+        _ns_join(ctx.join, only_user=False)
+        if ctx.new_flags:
+            unshare(ctx.new_flags)
+        offsets = (ctx.config.get("linux") or {}).get("timeOffsets")
+        if ctx.new_flags & CLONE.NEWTIME and offsets:
+            with open("/proc/self/timens_offsets", "w") as f:
+                for clock, off in offsets.items():
+                    f.write(f"{clock} {off.get('secs', 0)} {off.get('nanosecs', 0)}\n")
+        pid = os.fork()
+        if pid == 0:
+            _init(ctx)
+        chan.send(type="pid", pid=pid)
+        os._exit(0)
+    except BaseException as e:
+        _fail(chan, e)
+
+
+def _setup_console(process: Mapping[str, Any], console: socket.socket | None) -> None:
+    from ketch.runtime.console import open_pty, send_fd, set_winsize
+    from ketch.sys.mount import MS, mount
+
+    master, slave, path = open_pty()
+    size = process.get("consoleSize")
+    if size:
+        set_winsize(master, size.get("height", 0), size.get("width", 0))
+    if os.path.exists("/dev/console"):
+        try:
+            mount(path, "/dev/console", None, MS.BIND)
+        except OSError:
+            pass
+    if console is None:
+        raise OSError("terminal requested but no console socket")
+    send_fd(console, master, path)
+    os.close(master)
+    console.close()
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _sysctl(values: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(str(value))
+
+
+def _wait_for_start(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        try:
+            poller.poll()
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            continue
+        if data:
+            os.close(fd)
+            return
+        os._exit(1)  # the writer went away without starting us
+
+
+def _init(ctx: CreateContext) -> NoReturn:
+    """I: pid 1 of the container. Never returns."""
+    chan: Channel = ctx.chan
+    config = ctx.config
+    process: Mapping[str, Any] = config.get("process") or {}
+    linux = config.get("linux") or {}
+    try:
+        prctl.set_dumpable(False)
+        os.setsid()
+        _terminate_on_signals()
+        new_mnt = bool(ctx.new_flags & CLONE.NEWNS)
+        userns = ctx.userns is not None
+        if new_mnt:
+            from ketch.runtime import rootfs
+
+            rootfs.prepare(ctx.rootfs, ctx.bundle, config, userns=userns,
+                           cgroup_binds=ctx.cgroup_binds or ())
+        from ketch.runtime.hooks import has_hooks, run_hooks
+
+        if has_hooks(config, "prestart", "createRuntime", "createContainer"):
+            chan.send(type="hooks")
+            state = chan.expect("hooks-ok")["state"]
+            run_hooks(config, "createContainer", state)
+        if new_mnt:
+            rootfs.pivot(ctx.rootfs, no_pivot=bool(ctx.no_pivot))
+        if process.get("terminal"):
+            _setup_console(process, ctx.console)
+        if new_mnt:
+            rootfs.finalize(config, userns=userns)
+        if config.get("hostname"):
+            sethostname(config["hostname"])
+        if config.get("domainname"):
+            setdomainname(config["domainname"])
+        if linux.get("sysctl"):
+            _sysctl(linux["sysctl"])
+        if linux.get("personality"):
+            prctl.personality(0x0008 if linux["personality"].get("domain") == "LINUX32" else 0)
+        proc.set_rlimits(process)
+        env = proc.prepare_env(process)
+        tramp = proc.trampoline()
+        nnp = bool(process.get("noNewPrivileges"))
+        if ctx.seccomp and not nnp:
+            from ketch.sys.seccomp import load_filter
+
+            load_filter(ctx.seccomp[0], ctx.seccomp[1])
+        proc.apply_identity(process, setgroups_allowed=_setgroups_allowed(ctx))
+        args = list(process["args"])
+        path = proc.lookup(args[0], env, process.get("cwd") or "/")
+        chan.send(type="ready")
+        chan.sock.close()
+    except BaseException as e:
+        _fail(chan, e)
+    try:
+        _wait_for_start(ctx.fifo_fd)
+        if has_hooks(config, "startContainer"):
+            run_hooks(config, "startContainer", {
+                "ociVersion": config.get("ociVersion"), "id": ctx.id, "status": "created",
+                "pid": os.getpid(), "bundle": ctx.bundle,
+                "annotations": config.get("annotations") or {}})
+        if ctx.seccomp and nnp:
+            from ketch.sys.seccomp import load_filter
+
+            load_filter(ctx.seccomp[0], ctx.seccomp[1])
+        proc.exec_user(path, args, env, tramp, ctx.preserve_fds or 0)
+    except BaseException as e:
+        os.write(2, f"ketch-runtime: {_describe(e)}\n".encode())
+    os._exit(127)
+
+
+def _setgroups_allowed(ctx: CreateContext | ExecContext) -> bool:
+    if ctx.userns is None:
+        return True
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def exec_child(ctx: ExecContext) -> NoReturn:
+    """C of ``exec``: join the running container's namespaces and fork E."""
+    chan: Channel = ctx.chan
+    try:
+        prctl.set_dumpable(False)
+        if ctx.cgroup is not None:
+            ctx.cgroup.apply(0)
+        order = ["user", "ipc", "uts", "network", "cgroup", "time", "pid", "mount"]
+        fds: list[tuple[str, int]] = []
+        for kind in order:
+            name = NS_FLAGS[kind][1]
+            target = f"/proc/{ctx.init_pid}/ns/{name}"
+            try:
+                if os.stat(target).st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
+                    continue
+            except FileNotFoundError:
+                continue
+            fds.append((kind, os.open(target, os.O_RDONLY | os.O_CLOEXEC)))
+        for kind, fd in fds:
+            setns(fd, NS_FLAGS[kind][0])
+            os.close(fd)
+            if kind == "user":
+                _become_ns_root()
+        pid = os.fork()
+        if pid == 0:
+            _exec_main(ctx)
+        chan.send(type="pid", pid=pid)
+        os._exit(0)
+    except BaseException as e:
+        _fail(chan, e)
+
+
+def _exec_main(ctx: ExecContext) -> NoReturn:
+    chan: Channel = ctx.chan
+    process = ctx.process
+    try:
+        prctl.set_dumpable(False)
+        if process.get("terminal"):
+            os.setsid()
+            _setup_console(process, ctx.console)
+        proc.set_rlimits(process)
+        env = proc.prepare_env(process)
+        tramp = proc.trampoline()
+        nnp = bool(process.get("noNewPrivileges"))
+        if ctx.seccomp and not nnp:
+            from ketch.sys.seccomp import load_filter
+
+            load_filter(ctx.seccomp[0], ctx.seccomp[1])
+        proc.apply_identity(process, setgroups_allowed=_setgroups_allowed(ctx))
+        args = list(process["args"])
+        path = proc.lookup(args[0], env, process.get("cwd") or "/")
+        if ctx.seccomp and nnp:
+            from ketch.sys.seccomp import load_filter
+
+            load_filter(ctx.seccomp[0], ctx.seccomp[1])
+        chan.send(type="ready")
+        chan.sock.close()
+        proc.exec_user(path, args, env, tramp, ctx.preserve_fds or 0)
+    except BaseException as e:
+        _fail(chan, e)
+    os._exit(127)
