@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,17 @@ class Ctl:
                  input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         if len(args) > 1 and args[0] in ("create", "run"):
             self.ids.add(args[-1])
-        p = subprocess.run([BINARY, "--root", str(self.root), *args], capture_output=True,
-                           timeout=timeout, input=input.decode() if input else None, text=True,
-                           check=False)
+        # Files, not pipes: a created container inherits the runtime's stdio and keeps it
+        # open, so waiting for EOF on a pipe would wait for the container (as with runc).
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            rc = subprocess.run([BINARY, "--root", str(self.root), *args], stdout=out,
+                                stderr=err, timeout=timeout, input=input,
+                                stdin=None if input else subprocess.DEVNULL,
+                                check=False).returncode
+            out.seek(0)
+            err.seek(0)
+            p = subprocess.CompletedProcess(args, rc, out.read().decode(errors="replace"),
+                                            err.read().decode(errors="replace"))
         if check and p.returncode != 0:
             raise AssertionError(f"ketch-runtime {' '.join(args)} -> {p.returncode}: "
                                  f"{p.stderr.strip()}")

@@ -58,7 +58,7 @@ def test_id_in_use(ctl: Ctl, make_bundle: Callable[..., str], cid: str) -> None:
     ctl("create", "--bundle", b, cid)
     p = ctl("create", "--bundle", b, cid, check=False)
     assert p.returncode == 1
-    assert f"container with id exists: {cid}" in _one_line(p.stderr)
+    assert f"container with given ID already exists: {cid}" in _one_line(p.stderr)
     assert ctl.state(cid)["status"] == "created"  # the first one is untouched
 
 

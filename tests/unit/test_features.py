@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from jsonschema import Draft4Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
 
 from ketch import __version__
 from ketch.errors import KetchError
@@ -18,18 +13,7 @@ from ketch.runtime.features import features
 from ketch.runtime.specgen import default_spec
 from ketch.runtime.validate import validate
 from ketch.sys.caps import CAPS
-from tests.conftest import SPECS
-
-SCHEMA_DIR = SPECS / "oci-runtime-spec"
-
-
-def _validator(top: str) -> Draft4Validator:
-    """A validator for ``top`` whose relative $refs ("defs.json#/…") find the sibling files."""
-    resources = [(p.name, Resource.from_contents(json.loads(p.read_text()),
-                                                 default_specification=DRAFT4))
-                 for p in SCHEMA_DIR.glob("*.json")]
-    registry: Registry[Any] = Registry().with_resources(resources)
-    return Draft4Validator(json.loads((SCHEMA_DIR / top).read_text()), registry=registry)
+from tests.schemas import runtime_schema as _validator
 
 
 def test_valid_against_schema() -> None:

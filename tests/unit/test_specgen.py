@@ -9,24 +9,11 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft4Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
 
 from ketch.oci.runtime_spec import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, OCI_VERSION
 from ketch.runtime.specgen import default_spec
 from ketch.runtime.validate import validate
-from tests.conftest import SPECS
-
-SCHEMA_DIR = SPECS / "oci-runtime-spec"
-
-
-def _validator(top: str) -> Draft4Validator:
-    """A validator for ``top`` whose relative $refs ("defs.json#/…") find the sibling files."""
-    resources = [(p.name, Resource.from_contents(json.loads(p.read_text()),
-                                                 default_specification=DRAFT4))
-                 for p in SCHEMA_DIR.glob("*.json")]
-    registry: Registry[Any] = Registry().with_resources(resources)
-    return Draft4Validator(json.loads((SCHEMA_DIR / top).read_text()), registry=registry)
+from tests.schemas import runtime_schema as _validator
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ class Runtime:
         try:
             os.mkdir(cd.path, 0o711)
         except FileExistsError:
-            raise Conflict(f"container with id exists: {container_id}") from None
+            raise Conflict(f"container with given ID already exists: {container_id}") from None
         root_path = config["root"]["path"]
         rootfs = os.path.realpath(os.path.join(bundle, root_path))
         record: dict[str, Any] = {
@@ -157,9 +157,9 @@ class Runtime:
 
             cgroup = new_manager(linux.get("cgroupsPath"), container_id)
             cgroup.create()
-            resources = linux.get("resources")
-            if resources:
-                cgroup.set(resources)
+            from ketch.runtime.devices import effective_resources
+
+            cgroup.set(effective_resources(config))
             os.mkfifo(cd.fifo, 0o600)
             fifo_fd = os.open(cd.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             pid = self._spawn_init(cd, config, bundle, rootfs, cgroup, seccomp, fifo_fd,
@@ -188,9 +188,10 @@ class Runtime:
                     console_socket: str | None, foreground_console: bool,
                     on_console: Callable[[int], None] | None, no_pivot: bool,
                     preserve_fds: int, record: dict[str, Any]) -> int:
-        from ketch.runtime.init import Channel, CreateContext, init_child
+        from ketch.runtime.init import Channel, CreateContext, init_child, preload
         from ketch.sys.ns import NS_FLAGS
 
+        preload(config, config.get("process") or {}, seccomp is not None)
         linux = config.get("linux") or {}
         join: list[tuple[str, str]] = []
         new_flags = 0
@@ -230,8 +231,10 @@ class Runtime:
             console.close()
         chan = Channel(parent)
         init_pid = 0
+        ready = hooks_pending = False
         try:
-            while True:
+            # C's "pid" and I's messages share the channel and may arrive in either order.
+            while not (ready and init_pid):
                 msg = chan.recv()
                 kind = msg.get("type")
                 if kind == "error":
@@ -244,6 +247,10 @@ class Runtime:
                     os.waitpid(cpid, 0)
                     cpid = 0
                 elif kind == "hooks":
+                    hooks_pending = True
+                elif kind == "ready":
+                    ready = True
+                if hooks_pending and init_pid:
                     from ketch.runtime.hooks import run_hooks
 
                     state = {"ociVersion": config.get("ociVersion"), "id": cd.id,
@@ -252,8 +259,7 @@ class Runtime:
                     run_hooks(config, "prestart", state)
                     run_hooks(config, "createRuntime", state)
                     chan.send(type="hooks-ok", state=state)
-                elif kind == "ready":
-                    break
+                    hooks_pending = False
             if local_console is not None:
                 from ketch.runtime.console import recv_fd
 
@@ -415,7 +421,7 @@ class Runtime:
              foreground_console: bool = False,
              on_console: Callable[[int], None] | None = None) -> int:
         """Start ``process`` in the container; returns its host pid (caller waits)."""
-        from ketch.runtime.init import Channel, ExecContext, exec_child
+        from ketch.runtime.init import Channel, ExecContext, exec_child, preload
         from ketch.runtime.validate import validate_process
 
         cd = ContainerDir(self.root, container_id)
@@ -447,9 +453,11 @@ class Runtime:
                 console.connect(console_socket)
             else:
                 local_console, console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        preload({}, process, seccomp is not None)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ctx = ExecContext(cgroup=_cgroup_manager(rec), chan=Channel(child), console=console, init_pid=rec["pid"], preserve_fds=preserve_fds,
-                          process=process, seccomp=seccomp, userns=userns)
+        ctx = ExecContext(cgroup=_cgroup_manager(rec), chan=Channel(child), console=console,
+                          init_pid=rec["pid"], preserve_fds=preserve_fds, process=process,
+                          seccomp=seccomp, userns=userns)
         cpid = os.fork()
         if cpid == 0:
             parent.close()
@@ -459,8 +467,9 @@ class Runtime:
             console.close()
         chan = Channel(parent)
         pid = 0
+        ready = False
         try:
-            while True:
+            while not (ready and pid):  # C's "pid" and E's "ready" arrive in either order
                 msg = chan.recv()
                 if msg.get("type") == "error":
                     raise _error_from_child(msg["message"])
@@ -469,7 +478,7 @@ class Runtime:
                     os.waitpid(cpid, 0)
                     cpid = 0
                 elif msg.get("type") == "ready":
-                    break
+                    ready = True
             if local_console is not None:
                 from ketch.runtime.console import recv_fd
 

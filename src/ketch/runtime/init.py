@@ -30,7 +30,9 @@ from ketch.runtime import process as proc
 from ketch.sys import prctl
 from ketch.sys.ns import CLONE, NS_FLAGS, setdomainname, sethostname, setns, unshare
 
-__all__ = ["Channel", "CreateContext", "ExecContext", "exec_child", "init_child"]
+__all__ = [
+    "Channel", "CreateContext", "ExecContext", "exec_child", "init_child", "preload",
+]
 
 
 class Channel:
@@ -122,6 +124,25 @@ class ExecContext:
         self.process = process
         self.seccomp = seccomp
         self.userns = userns
+
+
+def preload(config: Mapping[str, Any], process: Mapping[str, Any], seccomp: bool) -> None:
+    """Import, in P before the fork, every module I or E will need.
+
+    After pivot_root (or setns into the container's mount namespace) the host's
+    Python library is out of reach, so a lazy import there would fail.
+    """
+    from ketch.runtime import hooks, rootfs  # noqa: F401
+
+    if process.get("terminal"):
+        import fcntl  # noqa: F401
+        import termios  # noqa: F401
+
+        from ketch.runtime import console  # noqa: F401
+    if seccomp:
+        from ketch.sys import seccomp as _seccomp  # noqa: F401
+    if hooks.has_hooks(config, "createContainer", "startContainer"):
+        import subprocess  # noqa: F401
 
 
 def _terminate_on_signals() -> None:
@@ -262,14 +283,14 @@ def _init(ctx: CreateContext) -> NoReturn:
             rootfs.pivot(ctx.rootfs, no_pivot=bool(ctx.no_pivot))
         if process.get("terminal"):
             _setup_console(process, ctx.console)
-        if new_mnt:
-            rootfs.finalize(config, userns=userns)
         if config.get("hostname"):
             sethostname(config["hostname"])
         if config.get("domainname"):
             setdomainname(config["domainname"])
         if linux.get("sysctl"):
-            _sysctl(linux["sysctl"])
+            _sysctl(linux["sysctl"])  # before /proc/sys turns read-only
+        if new_mnt:
+            rootfs.finalize(config, userns=userns)
         if linux.get("personality"):
             prctl.personality(0x0008 if linux["personality"].get("domain") == "LINUX32" else 0)
         proc.set_rlimits(process)

@@ -18,6 +18,7 @@ container in the wrong state, ``InvalidArgument`` for a bad config.
 
 from __future__ import annotations
 
+import builtins
 from typing import IO, Any, Protocol, runtime_checkable
 
 __all__ = ["OCIRuntime", "Stdio"]
@@ -66,7 +67,7 @@ class OCIRuntime(Protocol):
     def resume(self, container_id: str) -> None:
         """Thaw a paused container."""
 
-    def ps(self, container_id: str) -> list[int]:
+    def ps(self, container_id: str) -> builtins.list[int]:
         """Host pids of the container's processes."""
 
     def update(self, container_id: str, resources: dict[str, Any]) -> None:

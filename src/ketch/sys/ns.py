@@ -7,7 +7,7 @@ import enum
 
 from ketch.sys.libc import check, libc
 
-__all__ = ["CLONE", "NS_FLAGS", "sethostname", "setdomainname", "setns", "unshare"]
+__all__ = ["CLONE", "NS_FLAGS", "setdomainname", "sethostname", "setns", "unshare"]
 
 
 class CLONE(enum.IntFlag):

@@ -12,12 +12,12 @@ __all__ = [
     "cap_ambient_raise",
     "capbset_drop",
     "personality",
+    "set_child_subreaper",
     "set_dumpable",
     "set_keepcaps",
     "set_name",
     "set_no_new_privs",
     "set_pdeathsig",
-    "set_child_subreaper",
 ]
 
 # int prctl(int option, unsigned long arg2, unsigned long arg3,
