@@ -58,49 +58,36 @@ def _signal_number(text: str) -> int:
         raise InvalidArgument(f"unknown signal {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Run OCI containers (runc-compatible).")
-    p.add_argument("--root", default=os.environ.get("KETCH_RUNTIME_ROOT", "/run/ketch-runtime"),
-                   help="directory for container state")
-    p.add_argument("--log", default=None, help="log file (default: stderr only)")
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
-    p.add_argument("--debug", action="store_true")
-    p.add_argument("--systemd-cgroup", action="store_true", help="not supported")
-    p.add_argument("--rootless", default="auto")
-    p.add_argument("-v", "--version", action="store_true")
-    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+_GLOBAL_WITH_VALUE = ("--root", "--log", "--log-format", "--rootless")
 
-    def add(name: str, help_: str, id_: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        if id_:
-            sp.add_argument("id")
-        return sp
 
-    for name, help_ in (("create", "create a container"), ("run", "create and run a container")):
-        sp = add(name, help_)
-        sp.add_argument("-b", "--bundle", default=".")
-        sp.add_argument("--console-socket")
-        sp.add_argument("--pid-file")
-        sp.add_argument("--no-pivot", action="store_true")
-        sp.add_argument("--no-new-keyring", action="store_true")
-        sp.add_argument("--preserve-fds", type=int, default=0)
-        if name == "run":
-            sp.add_argument("-d", "--detach", action="store_true")
-            sp.add_argument("--keep", action="store_true")
-    add("start", "start a created container")
-    add("state", "print the state of a container")
-    sp = add("kill", "send a signal to a container")
-    sp.add_argument("signal", nargs="?", default="SIGTERM")
-    sp.add_argument("-a", "--all", action="store_true")
-    sp = add("delete", "delete a container")
-    sp.add_argument("-f", "--force", action="store_true")
-    sp = add("list", "list containers", id_=False)
-    sp.add_argument("-f", "--format", default="table", choices=["table", "json"])
-    sp.add_argument("-q", "--quiet", action="store_true")
-    sp = add("ps", "processes of a container")
-    sp.add_argument("-f", "--format", default="table", choices=["table", "json"])
-    sp.add_argument("ps_args", nargs=argparse.REMAINDER)
-    sp = add("exec", "run a process in a container")
+def _find_verb(argv: Sequence[str]) -> str | None:
+    """The verb in ``argv`` (first word that is not a global option or its value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = arg in _GLOBAL_WITH_VALUE
+            continue
+        return arg
+    return None
+
+
+def _create_args(sp: argparse.ArgumentParser, name: str) -> None:
+    sp.add_argument("-b", "--bundle", default=".")
+    sp.add_argument("--console-socket")
+    sp.add_argument("--pid-file")
+    sp.add_argument("--no-pivot", action="store_true")
+    sp.add_argument("--no-new-keyring", action="store_true")
+    sp.add_argument("--preserve-fds", type=int, default=0)
+    if name == "run":
+        sp.add_argument("-d", "--detach", action="store_true")
+        sp.add_argument("--keep", action="store_true")
+
+
+def _exec_args(sp: argparse.ArgumentParser, _name: str) -> None:
     sp.add_argument("command", nargs=argparse.REMAINDER)
     sp.add_argument("-p", "--process")
     sp.add_argument("-t", "--tty", action="store_true")
@@ -117,22 +104,90 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--ignore-paused", action="store_true")
     sp.add_argument("--process-label")
     sp.add_argument("--apparmor")
-    add("pause", "freeze every process of a container")
-    add("resume", "thaw a paused container")
-    sp = add("update", "update resource limits")
+
+
+def _update_args(sp: argparse.ArgumentParser, _name: str) -> None:
     sp.add_argument("-r", "--resources", help="OCI linux.resources JSON file, - for stdin")
     for flag in ("--memory", "--memory-reservation", "--memory-swap", "--kernel-memory",
                  "--cpu-shares", "--cpu-quota", "--cpu-period", "--cpu-rt-period",
                  "--cpu-rt-runtime", "--cpuset-cpus", "--cpuset-mems", "--pids-limit",
                  "--blkio-weight", "--l3-cache-schema", "--mem-bw-schema"):
         sp.add_argument(flag)
-    sp = add("events", "resource usage and OOM events")
+
+
+def _kill_args(sp: argparse.ArgumentParser, _name: str) -> None:
+    sp.add_argument("signal", nargs="?", default="SIGTERM")
+    sp.add_argument("-a", "--all", action="store_true")
+
+
+def _format_args(sp: argparse.ArgumentParser, name: str) -> None:
+    sp.add_argument("-f", "--format", default="table", choices=["table", "json"])
+    if name == "list":
+        sp.add_argument("-q", "--quiet", action="store_true")
+    else:
+        sp.add_argument("ps_args", nargs=argparse.REMAINDER)
+
+
+def _flag(flag: str, short: str | None = None) -> Any:
+    def add(sp: argparse.ArgumentParser, _name: str) -> None:
+        names = [short, flag] if short else [flag]
+        sp.add_argument(*names, action="store_true")
+    return add
+
+
+def _events_args(sp: argparse.ArgumentParser, _name: str) -> None:
     sp.add_argument("--interval", default="5s")
     sp.add_argument("--stats", action="store_true")
-    sp = add("spec", "write a default config.json", id_=False)
+
+
+def _spec_args(sp: argparse.ArgumentParser, _name: str) -> None:
     sp.add_argument("-b", "--bundle", default=".")
     sp.add_argument("--rootless", action="store_true")
-    add("features", "print the features this runtime supports", id_=False)
+
+
+def _none(_sp: argparse.ArgumentParser, _name: str) -> None:
+    pass
+
+
+# verb -> (help, takes an id, adds the verb's flags)
+_VERBS: dict[str, tuple[str, bool, Any]] = {
+    "create": ("create a container", True, _create_args),
+    "run": ("create and run a container", True, _create_args),
+    "start": ("start a created container", True, _none),
+    "state": ("print the state of a container", True, _none),
+    "kill": ("send a signal to a container", True, _kill_args),
+    "delete": ("delete a container", True, _flag("--force", "-f")),
+    "list": ("list containers", False, _format_args),
+    "ps": ("processes of a container", True, _format_args),
+    "exec": ("run a process in a container", True, _exec_args),
+    "pause": ("freeze every process of a container", True, _none),
+    "resume": ("thaw a paused container", True, _none),
+    "update": ("update resource limits", True, _update_args),
+    "events": ("resource usage and OOM events", True, _events_args),
+    "spec": ("write a default config.json", False, _spec_args),
+    "features": ("print the features this runtime supports", False, _none),
+}
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only``, just that verb's sub-parser (argparse is slow to build)."""
+    p = argparse.ArgumentParser(prog=PROG, description="Run OCI containers (runc-compatible).")
+    p.add_argument("--root", default=os.environ.get("KETCH_RUNTIME_ROOT", "/run/ketch-runtime"),
+                   help="directory for container state")
+    p.add_argument("--log", default=None, help="log file (default: stderr only)")
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--systemd-cgroup", action="store_true", help="not supported")
+    p.add_argument("--rootless", default="auto")
+    p.add_argument("-v", "--version", action="store_true")
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+    for name, (help_, takes_id, add) in _VERBS.items():
+        if only is not None and name != only:
+            continue
+        sp = sub.add_parser(name, help=help_)
+        if takes_id:
+            sp.add_argument("id")
+        add(sp, name)
     return p
 
 
@@ -417,8 +472,10 @@ def _spec(a: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    a = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    verb = _find_verb(args)
+    parser = _parser(verb if verb in _VERBS else None)
+    a = parser.parse_args(args)
     if a.version:
         from ketch import __version__
         from ketch.oci.runtime_spec import OCI_VERSION

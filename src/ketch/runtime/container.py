@@ -42,16 +42,32 @@ def _cgroup_manager(record: Mapping[str, Any]) -> Any:
 
 
 def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        if proc_start_time(pid) != start or start is None:
-            return True
-        time.sleep(0.005)
-    return False
+    """Wait until ``pid`` (with start time ``start``) has exited; False on timeout."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # already gone (or a kernel without pidfds: poll below)
+        fd = -1
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if start is None or proc_start_time(pid) != start:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if fd >= 0:  # readable once the process has exited
+                import select
+
+                select.select([fd], [], [], min(left, 0.1))
+            else:
+                time.sleep(0.005)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 class Runtime:
@@ -152,14 +168,12 @@ class Runtime:
         pid = 0
         cgroup = None
         try:
-            cd.save(record, sync=False)
+            cd.save(record)
             from ketch.runtime.cgroups import new_manager
 
             cgroup = new_manager(linux.get("cgroupsPath"), container_id)
             cgroup.create()
-            from ketch.runtime.devices import effective_resources
-
-            cgroup.set(effective_resources(config))
+            cgroup.set(_with_default_devices(linux, linux.get("resources") or {}))
             os.mkfifo(cd.fifo, 0o600)
             fifo_fd = os.open(cd.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             pid = self._spawn_init(cd, config, bundle, rootfs, cgroup, seccomp, fifo_fd,
@@ -218,7 +232,7 @@ class Runtime:
                 local_console, console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctx = CreateContext(
-            bundle=bundle, cgroup=cgroup, cgroup_binds=_cgroup_binds(cgroup, new_flags),
+            bundle=bundle, cgroup_binds=cgroup.mount_binds(),
             chan=Channel(child), config=config, console=console, fifo_fd=fifo_fd,
             id=cd.id, join=join, new_flags=new_flags, no_pivot=no_pivot,
             preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns)
@@ -246,6 +260,8 @@ class Runtime:
                     init_pid = msg["pid"]
                     os.waitpid(cpid, 0)
                     cpid = 0
+                    cgroup.apply(init_pid)
+                    chan.send(type="cgroup-ok")
                 elif kind == "hooks":
                     hooks_pending = True
                 elif kind == "ready":
@@ -398,7 +414,7 @@ class Runtime:
             merged = _merge(linux.get("resources") or {}, resources)
             trial = dict(config, linux=dict(linux, resources=merged))
             validate(trial, rec["bundle"], need_process=False, check_rootfs=False)
-            _cgroup_manager(rec).set(merged)
+            _cgroup_manager(rec).set(_with_default_devices(linux, merged))
             linux["resources"] = merged
             cd.save(rec)
 
@@ -529,6 +545,17 @@ def _merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_default_devices(linux: Mapping[str, Any], resources: Mapping[str, Any]
+                          ) -> dict[str, Any]:
+    """``resources`` plus the device rules every container needs (the spec's
+    "deny all" usually comes first; the default nodes must stay usable)."""
+    from ketch.runtime.cgroups.convert import default_device_rules
+
+    out = dict(resources)
+    out["devices"] = [*(resources.get("devices") or []), *default_device_rules(linux)]
+    return out
+
+
 def _error_from_child(message: str) -> Exception:
     if message.startswith("exec: "):
         return InvalidArgument(message)
@@ -556,14 +583,6 @@ def _write_id_maps(pid: int, linux: Mapping[str, Any]) -> None:
             os.write(fd, fmt(linux.get(key)))
         finally:
             os.close(fd)
-
-
-def _cgroup_binds(cgroup: Any, new_flags: int) -> list[tuple[str, str]]:
-    binds = getattr(cgroup, "mount_binds", None)
-    if binds is None:
-        return []
-    out: list[tuple[str, str]] = binds()
-    return out
 
 
 def _destroy_cgroup(cgroup: Any) -> None:

@@ -3,9 +3,10 @@
 Process tree of ``create`` (P is the ketch-runtime process)::
 
     P  validates, makes the state dir and cgroup, forks C, serves C and I over a
-       SOCK_SEQPACKET channel, writes state.json, exits (create) or waits (run)
-    └─ C  joins the cgroup, joins/creates the user namespace (P writes its id maps),
-          joins/creates the other namespaces, forks I, reports I's pid, exits
+       SOCK_SEQPACKET channel (and moves I into the cgroup meanwhile), writes
+       state.json, exits (create) or waits (run)
+    └─ C  joins/creates the user namespace (P writes its id maps), joins/creates
+          the other namespaces, forks I, reports I's pid, exits
        └─ I  pid 1 of the new pid namespace: mounts, pivot_root, console, identity;
              says "ready", then blocks on exec.fifo until ``start``; execs the program
 
@@ -81,17 +82,16 @@ def _fail(chan: Channel | None, e: BaseException) -> NoReturn:
 class CreateContext:
     """Everything C and I need, computed by P before the fork."""
 
-    __slots__ = ("bundle", "cgroup", "cgroup_binds", "chan", "config", "console", "fifo_fd",
+    __slots__ = ("bundle", "cgroup_binds", "chan", "config", "console", "fifo_fd",
                  "id", "join", "new_flags", "no_pivot", "preserve_fds", "rootfs", "seccomp",
                  "userns")
 
-    def __init__(self, *, bundle: str, cgroup: Any, cgroup_binds: Sequence[tuple[str, str]],
+    def __init__(self, *, bundle: str, cgroup_binds: Sequence[tuple[str, str]],
                  chan: Channel, config: Mapping[str, Any], console: socket.socket | None,
                  fifo_fd: int, id: str, join: Sequence[tuple[str, str]], new_flags: int,
                  no_pivot: bool, preserve_fds: int, rootfs: str,
                  seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
         self.bundle = bundle
-        self.cgroup = cgroup
         self.cgroup_binds = cgroup_binds
         self.chan = chan
         self.config = config
@@ -180,8 +180,6 @@ def init_child(ctx: CreateContext) -> NoReturn:
     chan: Channel = ctx.chan
     try:
         prctl.set_dumpable(False)
-        if ctx.cgroup is not None:
-            ctx.cgroup.apply(0)
         _ns_join(ctx.join, only_user=True)
         if ctx.userns == "new":
             unshare(CLONE.NEWUSER)
@@ -189,8 +187,10 @@ def init_child(ctx: CreateContext) -> NoReturn:
             chan.expect("userns-ok")
             _become_ns_root()
         _ns_join(ctx.join, only_user=False)
-        if ctx.new_flags:
-            unshare(ctx.new_flags)
+        # the cgroup namespace waits for I: its root must be the container's cgroup,
+        # which P attaches I to while I sets up the rootfs (see _init)
+        if ctx.new_flags & ~CLONE.NEWCGROUP:
+            unshare(ctx.new_flags & ~CLONE.NEWCGROUP)
         offsets = (ctx.config.get("linux") or {}).get("timeOffsets")
         if ctx.new_flags & CLONE.NEWTIME and offsets:
             with open("/proc/self/timens_offsets", "w") as f:
@@ -273,6 +273,11 @@ def _init(ctx: CreateContext) -> NoReturn:
 
             rootfs.prepare(ctx.rootfs, ctx.bundle, config, userns=userns,
                            cgroup_binds=ctx.cgroup_binds or ())
+        # The first write to cgroup.procs waits out an RCU grace period (~10 ms);
+        # P does it for us while we mount, and we need it done from here on.
+        chan.expect("cgroup-ok")
+        if ctx.new_flags & CLONE.NEWCGROUP:
+            unshare(CLONE.NEWCGROUP)
         from ketch.runtime.hooks import has_hooks, run_hooks
 
         if has_hooks(config, "prestart", "createRuntime", "createContainer"):

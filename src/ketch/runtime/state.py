@@ -110,9 +110,12 @@ class ContainerDir:
         except ValueError as e:
             raise NotFound(f"container {self.id} does not exist (corrupt state: {e})") from None
 
-    def save(self, record: dict[str, Any], *, sync: bool = True) -> None:
+    def save(self, record: dict[str, Any]) -> None:
+        # Atomic (rename) but not fsync'd: runtime state describes live processes and
+        # lives on tmpfs (/run) by default; after a power loss there is nothing it
+        # could describe, so durability would only cost time.
         atomic_write(self.state_file, json.dumps(record, separators=(",", ":")).encode(),
-                     sync=sync)
+                     sync=False)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

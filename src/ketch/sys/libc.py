@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 __all__ = ["MACHINE", "check", "libc", "nr", "syscall"]
 
@@ -18,7 +17,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 
-MACHINE = platform.machine()
+MACHINE = os.uname().machine  # platform.machine() says the same but costs ms to import
 
 # Numbers for the calls glibc 2.36 does not wrap (or wraps too late for us).
 _NR: dict[str, dict[str, int]] = {

@@ -242,11 +242,15 @@ def default_device_rules(linux: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The allow rules a container needs besides ``linux.resources.devices``.
 
     The runtime-spec makes the runtime supply /dev/null, zero, full, random,
-    urandom, tty, console and ptmx (and /dev/pts/*), and every entry of
+    urandom, tty, console and ptmx (and /dev/pts/*), mknod of any node (as runc
+    allows), and every entry of
     ``linux.devices``; a spec that starts its rules with "deny all" still gets
     these. Append the result to ``linux.resources.devices`` before ``set``.
     """
     rules: list[dict[str, Any]] = [
+        # mknod of any node: creating one is harmless, opening it is what is guarded
+        {"allow": True, "type": "c", "access": "m"},
+        {"allow": True, "type": "b", "access": "m"},
         {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},   # null
         {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},   # zero
         {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},   # full
