@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif i >= args.warmups:
                     rt.times.append(elapsed)
         report = build_report(runtimes, args.runs)
+        report["ketch-breakdown"] = breakdown(rootfs, work, args.runs)
     finally:
         for rt in runtimes:
             cleanup_containers(rt, ns)
@@ -217,6 +218,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_report(report)
     return 0
+
+
+def breakdown(rootfs: str, work: str, runs: int) -> dict[str, Any]:
+    """Where ketch-runtime's time goes: the CLI's start-up floor, and the same run done by
+    the library in a warm process (how the engine drives it: imports paid once)."""
+    from ketch.runtime.busybox import make_bundle
+    from ketch.runtime.container import Runtime as KetchRuntime
+    from ketch.sys.prctl import set_child_subreaper
+
+    binary = CANDIDATES["ketch"]
+    floor = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([binary, "--version"], stdout=subprocess.DEVNULL, check=True)
+        floor.append(time.perf_counter() - t)
+    set_child_subreaper()
+    bundle = make_bundle(os.path.join(work, "lib-bundle"), ["/bin/true"], rootfs=rootfs)
+    lib = KetchRuntime(os.path.join(work, "lib-root"))
+    warm = []
+    for i in range(runs + 3):
+        t = time.perf_counter()
+        pid = lib.create(f"lib-{i}", bundle)
+        lib.start(f"lib-{i}")
+        os.waitpid(pid, 0)
+        lib.delete(f"lib-{i}")
+        if i >= 3:
+            warm.append(time.perf_counter() - t)
+    return {"cli --version (interpreter + imports)": summary(floor),
+            "library run in a warm process": summary(warm)}
 
 
 def build_report(runtimes: list[Runtime], runs: int) -> dict[str, Any]:
@@ -248,6 +278,8 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"{'':8} note: {note}")
     for key, ratio in report["ratios"].items():
         print(f"{key}: {ratio:.2f}x (median)")
+    for key, e in report.get("ketch-breakdown", {}).items():
+        print(f"ketch {key}: median {e['median']:.1f} ms (p10 {e['p10']:.1f}, p90 {e['p90']:.1f})")
 
 
 if __name__ == "__main__":

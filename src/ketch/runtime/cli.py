@@ -7,14 +7,17 @@ Errors print one line on stderr (and a record in ``--log`` when given) and exit 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 from ketch.errors import InvalidArgument, KetchError, NotFound
 
@@ -58,136 +61,185 @@ def _signal_number(text: str) -> int:
         raise InvalidArgument(f"unknown signal {text!r}") from None
 
 
-_GLOBAL_WITH_VALUE = ("--root", "--log", "--log-format", "--rootless")
+class Args(SimpleNamespace):
+    """Parsed command line: global options, ``verb`` and the verb's options."""
 
 
-def _find_verb(argv: Sequence[str]) -> str | None:
-    """The verb in ``argv`` (first word that is not a global option or its value)."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg.startswith("-"):
-            skip = arg in _GLOBAL_WITH_VALUE
-            continue
-        return arg
-    return None
+# One table drives both parsers: a hand-rolled one for the normal path (argparse
+# costs several ms to build, on every container start) and argparse for --help
+# and for error messages. Option kinds: flag, value, int, append.
+Opt = tuple[tuple[str, ...], str, Any]
 
+_GLOBAL: list[Opt] = [
+    (("--root",), "value", None),
+    (("--log",), "value", None),
+    (("--log-format",), "value", "text"),
+    (("--debug",), "flag", False),
+    (("--systemd-cgroup",), "flag", False),
+    (("--rootless",), "value", "auto"),
+    (("-v", "--version"), "flag", False),
+]
+_CREATE: list[Opt] = [
+    (("-b", "--bundle"), "value", "."), (("--console-socket",), "value", None),
+    (("--pid-file",), "value", None), (("--no-pivot",), "flag", False),
+    (("--no-new-keyring",), "flag", False), (("--preserve-fds",), "int", 0),
+]
+_RUN = [*_CREATE, (("-d", "--detach"), "flag", False), (("--keep",), "flag", False)]
+_EXEC: list[Opt] = [
+    (("-p", "--process"), "value", None), (("-t", "--tty"), "flag", False),
+    (("-d", "--detach"), "flag", False), (("--console-socket",), "value", None),
+    (("--pid-file",), "value", None), (("--cwd",), "value", None),
+    (("-e", "--env"), "append", None), (("-u", "--user"), "value", None),
+    (("-g", "--additional-gids"), "append", None), (("-c", "--cap"), "append", None),
+    (("--no-new-privs",), "flag", False), (("--preserve-fds",), "int", 0),
+    (("--ignore-paused",), "flag", False), (("--process-label",), "value", None),
+    (("--apparmor",), "value", None),
+]
+_UPDATE: list[Opt] = [(("-r", "--resources"), "value", None)] + [
+    ((f,), "value", None) for f in (
+        "--memory", "--memory-reservation", "--memory-swap", "--kernel-memory", "--cpu-shares",
+        "--cpu-quota", "--cpu-period", "--cpu-rt-period", "--cpu-rt-runtime", "--cpuset-cpus",
+        "--cpuset-mems", "--pids-limit", "--blkio-weight", "--l3-cache-schema",
+        "--mem-bw-schema")]
+_FORMAT: list[Opt] = [(("-f", "--format"), "value", "table")]
 
-def _create_args(sp: argparse.ArgumentParser, name: str) -> None:
-    sp.add_argument("-b", "--bundle", default=".")
-    sp.add_argument("--console-socket")
-    sp.add_argument("--pid-file")
-    sp.add_argument("--no-pivot", action="store_true")
-    sp.add_argument("--no-new-keyring", action="store_true")
-    sp.add_argument("--preserve-fds", type=int, default=0)
-    if name == "run":
-        sp.add_argument("-d", "--detach", action="store_true")
-        sp.add_argument("--keep", action="store_true")
-
-
-def _exec_args(sp: argparse.ArgumentParser, _name: str) -> None:
-    sp.add_argument("command", nargs=argparse.REMAINDER)
-    sp.add_argument("-p", "--process")
-    sp.add_argument("-t", "--tty", action="store_true")
-    sp.add_argument("-d", "--detach", action="store_true")
-    sp.add_argument("--console-socket")
-    sp.add_argument("--pid-file")
-    sp.add_argument("--cwd")
-    sp.add_argument("-e", "--env", action="append", default=[])
-    sp.add_argument("-u", "--user")
-    sp.add_argument("-g", "--additional-gids", action="append", default=[])
-    sp.add_argument("-c", "--cap", action="append", default=[])
-    sp.add_argument("--no-new-privs", action="store_true")
-    sp.add_argument("--preserve-fds", type=int, default=0)
-    sp.add_argument("--ignore-paused", action="store_true")
-    sp.add_argument("--process-label")
-    sp.add_argument("--apparmor")
-
-
-def _update_args(sp: argparse.ArgumentParser, _name: str) -> None:
-    sp.add_argument("-r", "--resources", help="OCI linux.resources JSON file, - for stdin")
-    for flag in ("--memory", "--memory-reservation", "--memory-swap", "--kernel-memory",
-                 "--cpu-shares", "--cpu-quota", "--cpu-period", "--cpu-rt-period",
-                 "--cpu-rt-runtime", "--cpuset-cpus", "--cpuset-mems", "--pids-limit",
-                 "--blkio-weight", "--l3-cache-schema", "--mem-bw-schema"):
-        sp.add_argument(flag)
-
-
-def _kill_args(sp: argparse.ArgumentParser, _name: str) -> None:
-    sp.add_argument("signal", nargs="?", default="SIGTERM")
-    sp.add_argument("-a", "--all", action="store_true")
-
-
-def _format_args(sp: argparse.ArgumentParser, name: str) -> None:
-    sp.add_argument("-f", "--format", default="table", choices=["table", "json"])
-    if name == "list":
-        sp.add_argument("-q", "--quiet", action="store_true")
-    else:
-        sp.add_argument("ps_args", nargs=argparse.REMAINDER)
-
-
-def _flag(flag: str, short: str | None = None) -> Any:
-    def add(sp: argparse.ArgumentParser, _name: str) -> None:
-        names = [short, flag] if short else [flag]
-        sp.add_argument(*names, action="store_true")
-    return add
-
-
-def _events_args(sp: argparse.ArgumentParser, _name: str) -> None:
-    sp.add_argument("--interval", default="5s")
-    sp.add_argument("--stats", action="store_true")
-
-
-def _spec_args(sp: argparse.ArgumentParser, _name: str) -> None:
-    sp.add_argument("-b", "--bundle", default=".")
-    sp.add_argument("--rootless", action="store_true")
-
-
-def _none(_sp: argparse.ArgumentParser, _name: str) -> None:
-    pass
-
-
-# verb -> (help, takes an id, adds the verb's flags)
-_VERBS: dict[str, tuple[str, bool, Any]] = {
-    "create": ("create a container", True, _create_args),
-    "run": ("create and run a container", True, _create_args),
-    "start": ("start a created container", True, _none),
-    "state": ("print the state of a container", True, _none),
-    "kill": ("send a signal to a container", True, _kill_args),
-    "delete": ("delete a container", True, _flag("--force", "-f")),
-    "list": ("list containers", False, _format_args),
-    "ps": ("processes of a container", True, _format_args),
-    "exec": ("run a process in a container", True, _exec_args),
-    "pause": ("freeze every process of a container", True, _none),
-    "resume": ("thaw a paused container", True, _none),
-    "update": ("update resource limits", True, _update_args),
-    "events": ("resource usage and OOM events", True, _events_args),
-    "spec": ("write a default config.json", False, _spec_args),
-    "features": ("print the features this runtime supports", False, _none),
+# verb -> (help, options, positionals as (dest, "one" | "optional" | "rest", default))
+_VERBS: dict[str, tuple[str, list[Opt], list[tuple[str, str, Any]]]] = {
+    "create": ("create a container", _CREATE, [("id", "one", None)]),
+    "run": ("create and run a container", _RUN, [("id", "one", None)]),
+    "start": ("start a created container", [], [("id", "one", None)]),
+    "state": ("print the state of a container", [], [("id", "one", None)]),
+    "kill": ("send a signal to a container", [(("-a", "--all"), "flag", False)],
+             [("id", "one", None), ("signal", "optional", "SIGTERM")]),
+    "delete": ("delete a container", [(("-f", "--force"), "flag", False)],
+               [("id", "one", None)]),
+    "list": ("list containers", [*_FORMAT, (("-q", "--quiet"), "flag", False)], []),
+    "ps": ("processes of a container", _FORMAT, [("id", "one", None), ("ps_args", "rest", [])]),
+    "exec": ("run a process in a container", _EXEC,
+             [("id", "one", None), ("command", "rest", [])]),
+    "pause": ("freeze every process of a container", [], [("id", "one", None)]),
+    "resume": ("thaw a paused container", [], [("id", "one", None)]),
+    "update": ("update resource limits", _UPDATE, [("id", "one", None)]),
+    "events": ("resource usage and OOM events",
+               [(("--interval",), "value", "5s"), (("--stats",), "flag", False)],
+               [("id", "one", None)]),
+    "spec": ("write a default config.json",
+             [(("-b", "--bundle"), "value", "."), (("--rootless",), "flag", False)], []),
+    "features": ("print the features this runtime supports", [], []),
 }
 
 
-def _parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The CLI parser; with ``only``, just that verb's sub-parser (argparse is slow to build)."""
-    p = argparse.ArgumentParser(prog=PROG, description="Run OCI containers (runc-compatible).")
-    p.add_argument("--root", default=os.environ.get("KETCH_RUNTIME_ROOT", "/run/ketch-runtime"),
-                   help="directory for container state")
-    p.add_argument("--log", default=None, help="log file (default: stderr only)")
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
-    p.add_argument("--debug", action="store_true")
-    p.add_argument("--systemd-cgroup", action="store_true", help="not supported")
-    p.add_argument("--rootless", default="auto")
-    p.add_argument("-v", "--version", action="store_true")
-    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
-    for name, (help_, takes_id, add) in _VERBS.items():
-        if only is not None and name != only:
+def _dest(names: tuple[str, ...]) -> str:
+    return names[-1].lstrip("-").replace("-", "_")
+
+
+def _defaults(opts: list[Opt], ns: Args) -> dict[str, tuple[str, str]]:
+    """Set defaults on ``ns``; returns option name -> (dest, kind)."""
+    table: dict[str, tuple[str, str]] = {}
+    for names, kind, default in opts:
+        dest = _dest(names)
+        setattr(ns, dest, [] if kind == "append" else default)
+        for n in names:
+            table[n] = (dest, kind)
+    return table
+
+
+def _fast_parse(argv: Sequence[str]) -> Args | None:
+    """Parse runc-style argv; None when argparse must handle it (help or an error)."""
+    ns = Args(verb=None)
+    table = _defaults(_GLOBAL, ns)
+    ns.root = os.environ.get("KETCH_RUNTIME_ROOT", "/run/ketch-runtime")
+    positionals: list[str] = []
+    spec: list[tuple[str, str, Any]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if ns.verb is not None and positionals and spec and spec[-1][1] == "rest" and \
+                len(positionals) >= len(spec) - 1:
+            positionals.append(arg)  # the rest belongs to the command
             continue
+        if arg == "--" and ns.verb is not None:
+            positionals.extend(argv[i:])
+            break
+        if arg.startswith("-") and arg != "-":
+            name, eq, value = arg.partition("=")
+            if name in ("-h", "--help") or name not in table:
+                return None
+            dest, kind = table[name]
+            if kind == "flag":
+                if eq:
+                    return None
+                setattr(ns, dest, True)
+                continue
+            if not eq:
+                if i >= len(argv):
+                    return None
+                value = argv[i]
+                i += 1
+            if kind == "int":
+                if not value.lstrip("-").isdigit():
+                    return None
+                setattr(ns, dest, int(value))
+            elif kind == "append":
+                getattr(ns, dest).append(value)
+            else:
+                setattr(ns, dest, value)
+            continue
+        if ns.verb is None:
+            if arg not in _VERBS:
+                return None
+            ns.verb = arg
+            _help, opts, spec = _VERBS[arg]
+            table = _defaults(opts, ns)
+            continue
+        positionals.append(arg)
+    if ns.verb is None:
+        return ns if ns.version else None
+    for pos, (dest, kind, default) in enumerate(spec):
+        if kind == "rest":
+            setattr(ns, dest, positionals[pos:])
+            positionals = positionals[:pos]
+            break
+        if pos < len(positionals):
+            setattr(ns, dest, positionals[pos])
+        elif kind == "one":
+            return None
+        else:
+            setattr(ns, dest, default)
+    if len(positionals) > len([s for s in spec if s[1] != "rest"]):
+        return None
+    return ns
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The argparse parser, for --help and for explaining mistakes."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=PROG, description="Run OCI containers (runc-compatible).")
+
+    def add_opts(target: argparse.ArgumentParser, opts: list[Opt]) -> None:
+        for names, kind, default in opts:
+            if kind == "flag":
+                target.add_argument(*names, action="store_true")
+            elif kind == "append":
+                target.add_argument(*names, action="append", default=[])
+            elif kind == "int":
+                target.add_argument(*names, default=default, type=int)
+            else:
+                target.add_argument(*names, default=default)
+
+    add_opts(p, _GLOBAL)
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+    for name, (help_, opts, positionals) in _VERBS.items():
         sp = sub.add_parser(name, help=help_)
-        if takes_id:
-            sp.add_argument("id")
-        add(sp, name)
+        add_opts(sp, opts)
+        for dest, kind, default in positionals:
+            nargs = {"one": None, "optional": "?", "rest": argparse.REMAINDER}[kind]
+            if nargs is None:
+                sp.add_argument(dest)
+            else:
+                sp.add_argument(dest, nargs=nargs, default=default)
     return p
 
 
@@ -206,7 +258,7 @@ def _size(text: str) -> int:
         raise InvalidArgument(f"invalid size {text!r}") from None
 
 
-def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
+def _update_resources(a: Args) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if a.resources:
         if a.resources == "-":
@@ -240,7 +292,7 @@ def _update_resources(a: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in res.items() if v}
 
 
-def _exec_process(rt: Any, a: argparse.Namespace) -> dict[str, Any]:
+def _exec_process(rt: Any, a: Args) -> dict[str, Any]:
     if a.process:
         try:
             with open(a.process) as f:
@@ -303,7 +355,7 @@ def _wait_child(pid: int) -> int:
             return os.WEXITSTATUS(status)
 
 
-def _foreground(rt: Any, a: argparse.Namespace, launch: Any) -> int:
+def _foreground(rt: Any, a: Args, launch: Any) -> int:
     """Run a container or exec process attached to our stdio; returns its exit status."""
     from ketch.sys import prctl
 
@@ -320,7 +372,7 @@ def _foreground(rt: Any, a: argparse.Namespace, launch: Any) -> int:
     return _wait_child(pid)
 
 
-def _cmd(a: argparse.Namespace) -> int:
+def _cmd(a: Args) -> int:
     from ketch.runtime.container import Runtime
 
     rt = Runtime(a.root)
@@ -402,7 +454,7 @@ def _cmd(a: argparse.Namespace) -> int:
     return 0
 
 
-def _print_list(states: list[dict[str, Any]], a: argparse.Namespace) -> None:
+def _print_list(states: list[dict[str, Any]], a: Args) -> None:
     if a.quiet:
         for s in states:
             print(s["id"])
@@ -441,7 +493,7 @@ def _print_ps(pids: list[int], ps_args: list[str]) -> None:
             print(line)
 
 
-def _events(rt: Any, a: argparse.Namespace) -> int:
+def _events(rt: Any, a: Args) -> int:
     if a.stats:
         print(json.dumps({"type": "stats", "id": a.id, "data": rt.stats(a.id)}))
         return 0
@@ -460,7 +512,7 @@ def _events(rt: Any, a: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(a: argparse.Namespace) -> None:
+def _spec(a: Args) -> None:
     from ketch.runtime.specgen import default_spec
 
     path = os.path.join(a.bundle, "config.json")
@@ -473,17 +525,21 @@ def _spec(a: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    verb = _find_verb(args)
-    parser = _parser(verb if verb in _VERBS else None)
-    a = parser.parse_args(args)
+    parsed = _fast_parse(args)
+    if parsed is None:  # help, or a mistake: let argparse explain it
+        parser = _parser()
+        parsed = parser.parse_args(args, namespace=Args())
+        if not parsed.verb and not parsed.version:
+            parser.print_help()
+            return 0
+    a = parsed
+    if parsed.root is None:
+        a.root = os.environ.get("KETCH_RUNTIME_ROOT", "/run/ketch-runtime")
     if a.version:
         from ketch import __version__
         from ketch.oci.runtime_spec import OCI_VERSION
 
         print(f"ketch-runtime version {__version__}\nspec: {OCI_VERSION}")
-        return 0
-    if not a.verb:
-        parser.print_help()
         return 0
     _Log.path, _Log.fmt, _Log.debug = a.log, a.log_format, a.debug
     if a.systemd_cgroup:

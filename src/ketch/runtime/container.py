@@ -598,6 +598,21 @@ def _destroy_cgroup(cgroup: Any) -> None:
 
 
 def _rmtree(path: str) -> None:
-    import shutil
+    """Remove a container's state directory (flat: a few files), quietly."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(path, name))
+        except IsADirectoryError:
+            import shutil  # never expected here; stay correct if it happens
 
-    shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
