@@ -257,3 +257,65 @@ def test_terminal_over_console_socket(ctl: Ctl, make_bundle: Callable[..., str],
         assert text[1:3] == ["33", "111"]
     finally:
         srv.close()
+
+
+def test_no_pivot_moves_the_rootfs(ctl: Ctl, make_bundle: Callable[..., str], cid: str) -> None:
+    b = make_bundle(["/bin/sh", "-c", "echo pid=$$; ls /bin/busybox"])
+    out = ctl("run", "--no-pivot", "--bundle", b, cid).stdout.split()
+    assert out == ["pid=1", "/bin/busybox"]
+
+
+def test_time_namespace_offsets(ctl: Ctl, make_bundle: Callable[..., str], cid: str) -> None:
+    b = make_bundle(["/bin/cat", "/proc/uptime"])
+    cfg = json.loads(Path(b, "config.json").read_text())
+    cfg["linux"]["namespaces"].append({"type": "time"})
+    cfg["linux"]["timeOffsets"] = {"boottime": {"secs": 86400 * 365, "nanosecs": 0}}
+    Path(b, "config.json").write_text(json.dumps(cfg))
+    host = float(Path("/proc/uptime").read_text().split()[0])
+    inside = float(ctl("run", "--bundle", b, cid).stdout.split()[0])
+    assert 86400 * 365 <= inside - host < 86400 * 365 + 60
+
+
+def test_personality_oom_score_and_seccomp(ctl: Ctl, make_bundle: Callable[..., str],
+                                           cid: str) -> None:
+    b = make_bundle(["/bin/sh", "-c", "uname -m; cat /proc/self/oom_score_adj; "
+                     "mkdir /tmp/d 2>&1; echo rc=$?; touch /tmp/f && echo touched"])
+    edit_config(b, linux__personality={"domain": "LINUX32"}, process__oomScoreAdj=123,
+                linux__seccomp={"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+                     "args": [{"index": 1, "value": 0o777, "op": "SCMP_CMP_EQ"}]}]})
+    out = ctl("run", "--bundle", b, cid).stdout.splitlines()
+    assert out[0] in ("i686", "i386")
+    assert out[1] == "123"
+    # the filter matched busybox's mkdir (mode 0777) and returned ENOSYS ...
+    assert "Function not implemented" in out[2] and out[3] == "rc=1"
+    # ... and nothing else
+    assert out[4] == "touched"
+
+
+def test_container_hooks_run_in_the_container(ctl: Ctl, make_bundle: Callable[..., str],
+                                              cid: str, tmp_path: Path) -> None:
+    log = tmp_path / "create-container.log"
+    b = make_bundle(["/bin/sh", "-c", "readlink /proc/self/ns/mnt; cat /tmp/started"])
+    rootfs = Path(b) / "rootfs"
+    create_hook = tmp_path / "cc.sh"
+    create_hook.write_text(f"#!/bin/sh\nreadlink /proc/self/ns/mnt > {log}\n")
+    create_hook.chmod(0o755)
+    (rootfs / "start-hook").write_text("#!/bin/sh\necho started-in-container > /tmp/started\n")
+    (rootfs / "start-hook").chmod(0o755)
+    edit_config(b, hooks={"createContainer": [{"path": str(create_hook)}],
+                          "startContainer": [{"path": "/start-hook"}]})
+    out = ctl("run", "--bundle", b, cid).stdout.split()
+    host_mnt = os.readlink("/proc/self/ns/mnt")
+    assert log.read_text().strip() == out[0] != host_mnt
+    assert out[1] == "started-in-container"
+
+
+def test_hook_timeout_fails_create(ctl: Ctl, make_bundle: Callable[..., str], cid: str) -> None:
+    b = make_bundle(["/bin/true"])
+    edit_config(b, hooks={"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"],
+                                        "timeout": 1}]})
+    p = ctl("create", "--bundle", b, cid, check=False)
+    assert p.returncode == 1 and "timed out after 1s" in p.stderr
+    assert not (ctl.root / cid).exists()
+    assert cgroup_dirs(cid) == []

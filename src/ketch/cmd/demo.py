@@ -39,7 +39,8 @@ def main() -> int:
     runtime = os.path.join(os.path.dirname(sys.executable), "ketch-runtime")
     work = tempfile.mkdtemp(prefix="ketch-demo-")
     try:
-        bundle = make_bundle(os.path.join(work, "bundle"), ["/bin/sh", "-c", SCRIPT])
+        bundle = make_bundle(os.path.join(work, "bundle"), ["/bin/sh", "-c", SCRIPT],
+                             readonly=True)
         cid = f"ketch-demo-{os.getpid()}"
         print(f"bundle: {bundle} (busybox-static)\n$ ketch-runtime run {cid}", flush=True)
         proc = subprocess.run([runtime, "--root", os.path.join(work, "state"), "run",

@@ -219,17 +219,7 @@ class Runtime:
             elif kind != "user":
                 new_flags |= NS_FLAGS[kind][0]
         join.sort(key=lambda j: _NS_ORDER.index(j[0]))
-        console = local_console = None
-        if config.get("process", {}).get("terminal"):
-            if console_socket:
-                console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    console.connect(console_socket)
-                except OSError as e:
-                    raise InvalidArgument(f"console socket {console_socket}: {e.strerror}") \
-                        from None
-            else:
-                local_console, console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        console, local_console = _console_ends(config.get("process") or {}, console_socket)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctx = CreateContext(
             bundle=bundle, cgroup_binds=cgroup.mount_binds(),
@@ -276,12 +266,7 @@ class Runtime:
                     run_hooks(config, "createRuntime", state)
                     chan.send(type="hooks-ok", state=state)
                     hooks_pending = False
-            if local_console is not None:
-                from ketch.runtime.console import recv_fd
-
-                master = recv_fd(local_console)
-                if on_console is not None:
-                    on_console(master)
+            _hand_over_master(local_console, on_console)
             return init_pid
         except ConnectionError:
             raise FailedPrecondition("container init exited before it was ready") from None
@@ -462,13 +447,7 @@ class Runtime:
         for ns in linux.get("namespaces") or []:
             if ns["type"] == "user":
                 userns = "join"
-        console = local_console = None
-        if process.get("terminal"):
-            if console_socket:
-                console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                console.connect(console_socket)
-            else:
-                local_console, console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        console, local_console = _console_ends(process, console_socket)
         preload({}, process, seccomp is not None)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctx = ExecContext(cgroup=_cgroup_manager(rec), chan=Channel(child), console=console,
@@ -495,12 +474,7 @@ class Runtime:
                     cpid = 0
                 elif msg.get("type") == "ready":
                     ready = True
-            if local_console is not None:
-                from ketch.runtime.console import recv_fd
-
-                master = recv_fd(local_console)
-                if on_console is not None:
-                    on_console(master)
+            _hand_over_master(local_console, on_console)
         except ConnectionError:
             raise FailedPrecondition("exec process exited before it was ready") from None
         except BaseException:
@@ -543,6 +517,40 @@ def _merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def _console_ends(process: Mapping[str, Any], console_socket: str | None
+                  ) -> tuple[socket.socket | None, socket.socket | None]:
+    """(end the container sends its pty master on, end we receive it on) for a terminal.
+
+    With ``--console-socket`` the master goes to that socket's listener; without,
+    to us (foreground ``run -t``/``exec -t``). No terminal: (None, None).
+    """
+    if not process.get("terminal"):
+        return None, None
+    if not console_socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return theirs, ours
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(console_socket)
+    except OSError as e:
+        sock.close()
+        raise InvalidArgument(f"console socket {console_socket}: {e.strerror}") from None
+    return sock, None
+
+
+def _hand_over_master(local: socket.socket | None, on_console: Callable[[int], None] | None
+                      ) -> None:
+    if local is None:
+        return
+    from ketch.runtime.console import recv_fd
+
+    master = recv_fd(local)
+    if on_console is not None:
+        on_console(master)
+    else:
+        os.close(master)
 
 
 def _with_default_devices(linux: Mapping[str, Any], resources: Mapping[str, Any]

@@ -298,17 +298,7 @@ def _init(ctx: CreateContext) -> NoReturn:
             rootfs.finalize(config, userns=userns)
         if linux.get("personality"):
             prctl.personality(0x0008 if linux["personality"].get("domain") == "LINUX32" else 0)
-        proc.set_rlimits(process)
-        env = proc.prepare_env(process)
-        tramp = proc.trampoline()
-        nnp = bool(process.get("noNewPrivileges"))
-        if ctx.seccomp and not nnp:
-            from ketch.sys.seccomp import load_filter
-
-            load_filter(ctx.seccomp[0], ctx.seccomp[1])
-        proc.apply_identity(process, setgroups_allowed=_setgroups_allowed(ctx))
-        args = list(process["args"])
-        path = proc.lookup(args[0], env, process.get("cwd") or "/")
+        path, args, env, tramp, nnp = _prepare_program(process, ctx)
         chan.send(type="ready")
         chan.sock.close()
     except BaseException as e:
@@ -321,13 +311,35 @@ def _init(ctx: CreateContext) -> NoReturn:
                 "pid": os.getpid(), "bundle": ctx.bundle,
                 "annotations": config.get("annotations") or {}})
         if ctx.seccomp and nnp:
-            from ketch.sys.seccomp import load_filter
-
-            load_filter(ctx.seccomp[0], ctx.seccomp[1])
+            _load_seccomp(ctx.seccomp)
         proc.exec_user(path, args, env, tramp, ctx.preserve_fds or 0)
     except BaseException as e:
         os.write(2, f"ketch-runtime: {_describe(e)}\n".encode())
     os._exit(127)
+
+
+def _prepare_program(process: Mapping[str, Any], ctx: CreateContext | ExecContext
+                     ) -> tuple[str, list[str], dict[str, str], int | None, bool]:
+    """Limits, environment, trampoline, early seccomp, identity, program lookup.
+
+    Returns (path, args, env, trampoline fd, noNewPrivileges). With
+    noNewPrivileges the caller loads seccomp itself, as late as it can.
+    """
+    proc.set_rlimits(process)
+    env = proc.prepare_env(process)
+    tramp = proc.trampoline()
+    nnp = bool(process.get("noNewPrivileges"))
+    if ctx.seccomp and not nnp:
+        _load_seccomp(ctx.seccomp)
+    proc.apply_identity(process, setgroups_allowed=_setgroups_allowed(ctx))
+    args = list(process["args"])
+    return proc.lookup(args[0], env, process.get("cwd") or "/"), args, env, tramp, nnp
+
+
+def _load_seccomp(compiled: tuple[bytes, int]) -> None:
+    from ketch.sys.seccomp import load_filter
+
+    load_filter(compiled[0], compiled[1])
 
 
 def _setgroups_allowed(ctx: CreateContext | ExecContext) -> bool:
@@ -380,21 +392,9 @@ def _exec_main(ctx: ExecContext) -> NoReturn:
         if process.get("terminal"):
             os.setsid()
             _setup_console(process, ctx.console)
-        proc.set_rlimits(process)
-        env = proc.prepare_env(process)
-        tramp = proc.trampoline()
-        nnp = bool(process.get("noNewPrivileges"))
-        if ctx.seccomp and not nnp:
-            from ketch.sys.seccomp import load_filter
-
-            load_filter(ctx.seccomp[0], ctx.seccomp[1])
-        proc.apply_identity(process, setgroups_allowed=_setgroups_allowed(ctx))
-        args = list(process["args"])
-        path = proc.lookup(args[0], env, process.get("cwd") or "/")
+        path, args, env, tramp, nnp = _prepare_program(process, ctx)
         if ctx.seccomp and nnp:
-            from ketch.sys.seccomp import load_filter
-
-            load_filter(ctx.seccomp[0], ctx.seccomp[1])
+            _load_seccomp(ctx.seccomp)
         chan.send(type="ready")
         chan.sock.close()
         proc.exec_user(path, args, env, tramp, ctx.preserve_fds or 0)
