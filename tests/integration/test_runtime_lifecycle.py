@@ -319,3 +319,26 @@ def test_hook_timeout_fails_create(ctl: Ctl, make_bundle: Callable[..., str], ci
     assert p.returncode == 1 and "timed out after 1s" in p.stderr
     assert not (ctl.root / cid).exists()
     assert cgroup_dirs(cid) == []
+
+
+@pytest.mark.skipif(not Path("/sys/fs/cgroup/unified/cgroup.controllers").exists(),
+                    reason="hybrid cgroups only")
+def test_hybrid_host_hugetlb_limit_lands_on_cgroup2(ctl: Ctl, make_bundle: Callable[..., str],
+                                                   cid: str) -> None:
+    """hugetlb exists only on the cgroup2 side of this hybrid host: a limit must still work
+    (crun refuses such hosts), and the container joins cgroup2 for it."""
+    if "hugetlb" not in Path("/sys/fs/cgroup/unified/cgroup.controllers").read_text().split():
+        pytest.skip("hugetlb is not on cgroup2 here")
+    kb = min(int(n.split("-")[1].removesuffix("kB"))  # hugepages-2048kB -> 2048
+             for n in os.listdir("/sys/kernel/mm/hugepages"))
+    page = f"{kb // 1024}MB" if kb >= 1024 else f"{kb}KB"
+    b = make_bundle(["/bin/sleep", "100"])
+    edit_config(b, linux__resources={"hugepageLimits": [{"pageSize": page,
+                                                          "limit": 4 * kb * 1024}]})
+    ctl("run", "-d", "--bundle", b, cid)
+    pid = ctl.state(cid)["pid"]
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    v2 = [line for line in lines if line.startswith("0::")]
+    assert v2 and v2[0].endswith(f"/ketch/{cid}")
+    limit = Path(f"/sys/fs/cgroup/unified/ketch/{cid}/hugetlb.{page}.max").read_text()
+    assert int(limit) == 4 * kb * 1024

@@ -222,7 +222,8 @@ class Runtime:
         console, local_console = _console_ends(config.get("process") or {}, console_socket)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctx = CreateContext(
-            bundle=bundle, cgroup_binds=cgroup.mount_binds(),
+            bundle=bundle, cgroup=cgroup, cgroup_binds=cgroup.mount_binds(),
+            cgroup_v2=_needs_cgroup_v2(linux),
             chan=Channel(child), config=config, console=console, fifo_fd=fifo_fd,
             id=cd.id, join=join, new_flags=new_flags, no_pivot=no_pivot,
             preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns)
@@ -250,8 +251,6 @@ class Runtime:
                     init_pid = msg["pid"]
                     os.waitpid(cpid, 0)
                     cpid = 0
-                    cgroup.apply(init_pid)
-                    chan.send(type="cgroup-ok")
                 elif kind == "hooks":
                     hooks_pending = True
                 elif kind == "ready":
@@ -450,7 +449,8 @@ class Runtime:
         console, local_console = _console_ends(process, console_socket)
         preload({}, process, seccomp is not None)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ctx = ExecContext(cgroup=_cgroup_manager(rec), chan=Channel(child), console=console,
+        ctx = ExecContext(cgroup=_cgroup_manager(rec), cgroup_v2=_needs_cgroup_v2(linux),
+                          chan=Channel(child), console=console,
                           init_pid=rec["pid"], preserve_fds=preserve_fds, process=process,
                           seccomp=seccomp, userns=userns)
         cpid = os.fork()
@@ -551,6 +551,13 @@ def _hand_over_master(local: socket.socket | None, on_console: Callable[[int], N
         on_console(master)
     else:
         os.close(master)
+
+
+def _needs_cgroup_v2(linux: Mapping[str, Any]) -> bool:
+    """Whether a hybrid host's cgroup2 hierarchy holds anything for this container
+    (joining it costs an RCU grace period; see CgroupManager.join_self)."""
+    res = linux.get("resources") or {}
+    return bool(res.get("hugepageLimits") or res.get("unified") or res.get("rdma"))
 
 
 def _with_default_devices(linux: Mapping[str, Any], resources: Mapping[str, Any]

@@ -3,10 +3,9 @@
 Process tree of ``create`` (P is the ketch-runtime process)::
 
     P  validates, makes the state dir and cgroup, forks C, serves C and I over a
-       SOCK_SEQPACKET channel (and moves I into the cgroup meanwhile), writes
-       state.json, exits (create) or waits (run)
-    └─ C  joins/creates the user namespace (P writes its id maps), joins/creates
-          the other namespaces, forks I, reports I's pid, exits
+       SOCK_SEQPACKET channel, writes state.json, exits (create) or waits (run)
+    └─ C  joins the cgroup, joins/creates the user namespace (P writes its id maps),
+          joins/creates the other namespaces, forks I, reports I's pid, exits
        └─ I  pid 1 of the new pid namespace: mounts, pivot_root, console, identity;
              says "ready", then blocks on exec.fifo until ``start``; execs the program
 
@@ -82,16 +81,20 @@ def _fail(chan: Channel | None, e: BaseException) -> NoReturn:
 class CreateContext:
     """Everything C and I need, computed by P before the fork."""
 
-    __slots__ = ("bundle", "cgroup_binds", "chan", "config", "console", "fifo_fd",
+    __slots__ = ("bundle", "cgroup", "cgroup_binds", "cgroup_v2", "chan", "config", "console",
+                 "fifo_fd",
                  "id", "join", "new_flags", "no_pivot", "preserve_fds", "rootfs", "seccomp",
                  "userns")
 
-    def __init__(self, *, bundle: str, cgroup_binds: Sequence[tuple[str, str]],
+    def __init__(self, *, bundle: str, cgroup: Any, cgroup_binds: Sequence[tuple[str, str]],
+                 cgroup_v2: bool,
                  chan: Channel, config: Mapping[str, Any], console: socket.socket | None,
                  fifo_fd: int, id: str, join: Sequence[tuple[str, str]], new_flags: int,
                  no_pivot: bool, preserve_fds: int, rootfs: str,
                  seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
         self.bundle = bundle
+        self.cgroup = cgroup
+        self.cgroup_v2 = cgroup_v2  # join a hybrid host's cgroup2 hierarchy too
         self.cgroup_binds = cgroup_binds
         self.chan = chan
         self.config = config
@@ -110,13 +113,15 @@ class CreateContext:
 class ExecContext:
     """What C and E need for ``exec``: the init's pid and the process to run."""
 
-    __slots__ = ("cgroup", "chan", "console", "init_pid", "preserve_fds", "process", "seccomp",
-                 "userns")
+    __slots__ = ("cgroup", "cgroup_v2", "chan", "console", "init_pid", "preserve_fds", "process",
+                 "seccomp", "userns")
 
-    def __init__(self, *, cgroup: Any, chan: Channel, console: socket.socket | None,
+    def __init__(self, *, cgroup: Any, cgroup_v2: bool, chan: Channel,
+                 console: socket.socket | None,
                  init_pid: int, preserve_fds: int, process: Mapping[str, Any],
                  seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
         self.cgroup = cgroup
+        self.cgroup_v2 = cgroup_v2
         self.chan = chan
         self.console = console
         self.init_pid = init_pid
@@ -180,6 +185,7 @@ def init_child(ctx: CreateContext) -> NoReturn:
     chan: Channel = ctx.chan
     try:
         prctl.set_dumpable(False)
+        ctx.cgroup.join_self(unified=ctx.cgroup_v2)  # I inherits it
         _ns_join(ctx.join, only_user=True)
         if ctx.userns == "new":
             unshare(CLONE.NEWUSER)
@@ -187,10 +193,8 @@ def init_child(ctx: CreateContext) -> NoReturn:
             chan.expect("userns-ok")
             _become_ns_root()
         _ns_join(ctx.join, only_user=False)
-        # the cgroup namespace waits for I: its root must be the container's cgroup,
-        # which P attaches I to while I sets up the rootfs (see _init)
-        if ctx.new_flags & ~CLONE.NEWCGROUP:
-            unshare(ctx.new_flags & ~CLONE.NEWCGROUP)
+        if ctx.new_flags:
+            unshare(ctx.new_flags)
         offsets = (ctx.config.get("linux") or {}).get("timeOffsets")
         if ctx.new_flags & CLONE.NEWTIME and offsets:
             with open("/proc/self/timens_offsets", "w") as f:
@@ -273,11 +277,6 @@ def _init(ctx: CreateContext) -> NoReturn:
 
             rootfs.prepare(ctx.rootfs, ctx.bundle, config, userns=userns,
                            cgroup_binds=ctx.cgroup_binds or ())
-        # The first write to cgroup.procs waits out an RCU grace period (~10 ms);
-        # P does it for us while we mount, and we need it done from here on.
-        chan.expect("cgroup-ok")
-        if ctx.new_flags & CLONE.NEWCGROUP:
-            unshare(CLONE.NEWCGROUP)
         from ketch.runtime.hooks import has_hooks, run_hooks
 
         if has_hooks(config, "prestart", "createRuntime", "createContainer"):
@@ -358,7 +357,7 @@ def exec_child(ctx: ExecContext) -> NoReturn:
     try:
         prctl.set_dumpable(False)
         if ctx.cgroup is not None:
-            ctx.cgroup.apply(0)
+            ctx.cgroup.join_self(unified=ctx.cgroup_v2)
         order = ["user", "ipc", "uts", "network", "cgroup", "time", "pid", "mount"]
         fds: list[tuple[str, int]] = []
         for kind in order:

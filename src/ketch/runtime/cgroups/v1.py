@@ -83,6 +83,12 @@ class V1Manager:
         if self.unified is not None:
             self.unified.apply(pid)
 
+    def join_self(self, *, unified: bool = True) -> None:
+        for _, d in self._hier:
+            write_text(f"{d}/tasks", "0")  # this thread only: no global lock
+        if unified and self.unified is not None:
+            self.unified.apply(0)
+
     def exists(self) -> bool:
         if any(os.path.isdir(d) for _, d in self._hier):
             return True

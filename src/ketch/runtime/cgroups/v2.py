@@ -127,6 +127,10 @@ class V2Manager:
     def apply(self, pid: int) -> None:
         write_text(f"{self.dir}/cgroup.procs", str(pid))
 
+    def join_self(self, *, unified: bool = True) -> None:
+        # cgroup.threads cannot cross domains; a whole-process move it is
+        self.apply(0)
+
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
 
