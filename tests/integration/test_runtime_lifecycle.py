@@ -342,3 +342,30 @@ def test_hybrid_host_hugetlb_limit_lands_on_cgroup2(ctl: Ctl, make_bundle: Calla
     assert v2 and v2[0].endswith(f"/ketch/{cid}")
     limit = Path(f"/sys/fs/cgroup/unified/ketch/{cid}/hugetlb.{page}.max").read_text()
     assert int(limit) == 4 * kb * 1024
+
+
+def test_kill_all_and_force_delete_of_paused(ctl: Ctl, make_bundle: Callable[..., str],
+                                             cid: str) -> None:
+    b = make_bundle(["/bin/sh", "-c", "sleep 1000 & sleep 1000 & wait"])
+    ctl("run", "-d", "--bundle", b, cid)
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(json.loads(ctl("ps", "--format", "json", cid).stdout)) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pids = json.loads(ctl("ps", "--format", "json", cid).stdout)
+    ctl("kill", "--all", cid, "KILL")
+    ctl.wait_status(cid, "stopped")
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat")
+              .read_text() for p in pids):
+        assert time.monotonic() < deadline, "a process survived kill --all"
+        time.sleep(0.02)
+    ctl("delete", cid)
+    second = cid + "-p"
+    ctl("run", "-d", "--bundle", b, second)
+    ctl("pause", second)
+    ctl("delete", "--force", second)
+    assert ctl("state", second, check=False).returncode == 1
+    assert cgroup_dirs(second) == []

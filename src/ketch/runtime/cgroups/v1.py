@@ -27,6 +27,7 @@ from typing import Any
 from ketch.errors import NotFound, Unavailable
 from ketch.runtime.cgroups.v2 import (
     V2Manager,
+    kill_frozen,
     kill_pids,
     procs_recursive,
     rmdir_tree,
@@ -216,20 +217,15 @@ class V1Manager:
         if sig != signal.SIGKILL:
             kill_pids(self.pids(), sig)
             return
-        if self.unified is not None and os.path.exists(f"{self.unified.dir}/cgroup.kill"):
-            self.unified.kill_all(sig)
-            # Also whatever joined only the v1 hierarchies.
-            kill_pids(self.pids(), sig)
+        if self.unified is not None and self.unified.pids() and \
+                os.path.exists(f"{self.unified.dir}/cgroup.kill"):
+            self.unified.kill_all(sig)  # atomic, for those that joined cgroup2 too
+            kill_pids(self.pids(), sig)  # and whatever joined only the v1 hierarchies
             return
-        # Freeze so nothing forks past the loop, then thaw so SIGKILL lands.
-        thaw = "freezer" in self._dirs and self.exists() and not self.frozen()
-        if thaw:
-            self.freeze()
-        try:
+        if "freezer" in self._dirs:
+            kill_frozen(self, sig)
+        else:
             kill_pids(self.pids(), sig)
-        finally:
-            if thaw:
-                self.thaw()
 
     # ---- statistics ----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any
 from ketch.errors import NotFound, Unavailable
 from ketch.sys.cgroupfs import read_flat_keyed, read_text, write_text
 
-__all__ = ["V2Manager", "kill_pids", "procs_recursive", "rmdir_tree", "wait_for"]
+__all__ = ["V2Manager", "kill_frozen", "kill_pids", "procs_recursive", "rmdir_tree", "wait_for"]
 
 _FREEZE_TIMEOUT = 10.0
 _RMDIR_TIMEOUT = 2.0
@@ -88,6 +88,22 @@ def wait_for(done: Any, timeout: float) -> bool:
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
     return True
+
+
+def kill_frozen(mgr: Any, sig: int) -> None:
+    """Signal every process of ``mgr`` with the cgroup frozen, so nothing forks past us.
+
+    For SIGKILL where no atomic ``cgroup.kill`` can do it. Thawing afterwards
+    is what lets the signal be delivered.
+    """
+    thaw = mgr.exists() and not mgr.frozen()
+    if thaw:
+        mgr.freeze()
+    try:
+        kill_pids(mgr.pids(), sig)
+    finally:
+        if thaw:
+            mgr.thaw()
 
 
 def kill_pids(pids: list[int], sig: int) -> None:
@@ -228,16 +244,7 @@ class V2Manager:
         except FileNotFoundError:
             if not self.exists():
                 return
-        # No cgroup.kill (Linux < 5.14): freeze so nothing forks past the loop
-        # below, signal everyone, thaw so the signal is delivered.
-        thaw = not self.frozen()
-        if thaw:
-            self.freeze()
-        try:
-            kill_pids(self.pids(), sig)
-        finally:
-            if thaw:
-                self.thaw()
+        kill_frozen(self, sig)  # no cgroup.kill (Linux < 5.14)
 
     # ---- statistics ----------------------------------------------------------------
 
