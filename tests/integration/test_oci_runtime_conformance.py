@@ -1,4 +1,5 @@
-"""The OCIRuntime conformance suite against runc, crun and ketch-runtime, all via CliRuntime.
+"""The OCIRuntime conformance suite against runc, crun and ketch-runtime via CliRuntime, and
+against ketch's runtime library in-process (``ketch-lib``: what the engine will use).
 
 crun 1.8 on a hybrid-cgroup host needs two adjustments, found by probing rather
 than assumed (the skip message says what failed if they are not enough):
@@ -26,6 +27,8 @@ import pytest
 from ketch.errors import KetchError
 from ketch.runtime.busybox import make_bundle
 from ketch.runtime.cli_runtime import CliRuntime
+from ketch.runtime.container import Runtime
+from ketch.runtime.oci_runtime import OCIRuntime
 from tests.conformance.oci_runtime_suite import BundleFactory, OCIRuntimeSuite, edit_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +108,7 @@ def crun_flavour(tmp_path_factory: pytest.TempPathFactory) -> Flavour:
     return flavour
 
 
-@pytest.fixture(params=["runc", "crun", "ketch"])
+@pytest.fixture(params=["runc", "crun", "ketch", "ketch-lib"])
 def flavour(request: pytest.FixtureRequest) -> Flavour:
     name: str = request.param
     if name == "runc":
@@ -115,17 +118,23 @@ def flavour(request: pytest.FixtureRequest) -> Flavour:
     if name == "crun":
         crun: Flavour = request.getfixturevalue("crun_flavour")
         return crun
+    if name == "ketch-lib":
+        return Flavour("ketch-lib", "")
     if not os.access(KETCH, os.X_OK):
         pytest.skip(f"ketch-runtime not installed at {KETCH} (pip install -e .)")
     return Flavour("ketch", str(KETCH))
 
 
 @pytest.fixture
-def runtime(flavour: Flavour, tmp_path: Path) -> Iterator[CliRuntime]:
-    """A CliRuntime with a private --root; every container under it is force-deleted after."""
+def runtime(flavour: Flavour, tmp_path: Path) -> Iterator[OCIRuntime]:
+    """The runtime with a private --root; every container under it is force-deleted after."""
     root = tmp_path / "state"
-    rt = CliRuntime(flavour.binary, str(root), name=flavour.name,
-                    global_args=flavour.global_args)
+    rt: OCIRuntime
+    if flavour.name == "ketch-lib":
+        rt = Runtime(str(root))
+    else:
+        rt = CliRuntime(flavour.binary, str(root), name=flavour.name,
+                        global_args=flavour.global_args)
     try:
         yield rt
     finally:

@@ -331,8 +331,8 @@ def _exec_process(rt: Any, a: Args) -> dict[str, Any]:
     return base
 
 
-def _wait_child(pid: int) -> int:
-    """Wait for ``pid`` (our child or orphan we reap as subreaper), forwarding signals."""
+def _forward_signals(pid: int) -> None:
+    """Pass the signals a user sends us on to ``pid``, as runc does for run and exec."""
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(pid, signum)
@@ -342,6 +342,19 @@ def _wait_child(pid: int) -> int:
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
               signal.SIGUSR2):
         signal.signal(s, forward)
+
+
+def _start_proxy(master: int) -> None:
+    import threading
+
+    from ketch.runtime.console import proxy
+
+    threading.Thread(target=proxy, args=(master, lambda: True), daemon=True).start()
+
+
+def _wait_child(pid: int) -> int:
+    """Wait for ``pid`` (an orphan we reap as subreaper), forwarding signals to it."""
+    _forward_signals(pid)
     while True:
         try:
             wpid, status = os.waitpid(-1, 0)
@@ -363,12 +376,7 @@ def _foreground(rt: Any, a: Args, launch: Any) -> int:
     masters: list[int] = []
     pid = launch(masters.append)
     if masters:
-        import threading
-
-        from ketch.runtime.console import proxy
-
-        t = threading.Thread(target=proxy, args=(masters[0], lambda: True), daemon=True)
-        t.start()
+        _start_proxy(masters[0])
     return _wait_child(pid)
 
 
@@ -429,14 +437,17 @@ def _cmd(a: Args) -> int:
                     ignore_paused=a.ignore_paused)
             return 0
 
-        def launch_exec(on_console: Any) -> int:
-            pid: int = rt.exec(a.id, process, console_socket=a.console_socket,
+        masters: list[int] = []
+        handle = rt.spawn_exec(a.id, process, console_socket=a.console_socket,
                                pid_file=a.pid_file, preserve_fds=a.preserve_fds,
                                ignore_paused=a.ignore_paused,
-                               foreground_console=not a.console_socket, on_console=on_console)
-            return pid
-
-        return _foreground(rt, a, launch_exec)
+                               foreground_console=not a.console_socket,
+                               on_console=masters.append)
+        _forward_signals(handle.pid)
+        if masters:
+            _start_proxy(masters[0])
+        status: int = handle.wait()
+        return 128 - status if status < 0 else status
     elif v == "pause":
         rt.pause(a.id)
     elif v == "resume":

@@ -174,7 +174,7 @@ class CliRuntime:
     # -- OCIRuntime -----------------------------------------------------------------
 
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
-               pid_file: str | None = None, stdio: Stdio | None = None) -> None:
+               pid_file: str | None = None, stdio: Stdio | None = None) -> int:
         """``create --bundle``; the container's stdio is ``stdio`` (None: ours).
 
         Pass real files or descriptors: a ``subprocess.PIPE`` could not be read back.
@@ -182,13 +182,15 @@ class CliRuntime:
         args = ["create", "--bundle", os.path.abspath(bundle)]
         if console_socket:
             args += ["--console-socket", console_socket]
-        if pid_file:
-            args += ["--pid-file", pid_file]
-        args.append(container_id)
         with tempfile.TemporaryDirectory(prefix="ketch-cli-") as tmp:
+            # the pid comes back through a pid file (ours, when the caller gave none)
+            pid_path = pid_file or os.path.join(tmp, "init.pid")
+            args += ["--pid-file", pid_path, container_id]
             rc, errors = self._call_with_stdio(args, stdio, tmp, timeout=_TIMEOUT)
-        if rc != 0:
-            raise self._error(args, "\n".join(errors), rc)
+            if rc != 0:
+                raise self._error(args, "\n".join(errors), rc)
+            with open(pid_path) as f:
+                return int(f.read().strip())
 
     def start(self, container_id: str) -> None:
         """``start``: exec the user process of a ``created`` container."""

@@ -14,9 +14,10 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ketch.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from ketch.runtime.oci_runtime import OCIRuntime, Stdio
 from ketch.runtime.state import (
     DEFAULT_ROOT,
     ContainerDir,
@@ -130,7 +131,7 @@ class Runtime:
 
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
                pid_file: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
-               stdio: Any = None, foreground_console: bool = False,
+               stdio: Stdio | None = None, foreground_console: bool = False,
                on_console: Callable[[int], None] | None = None) -> int:
         """Create the container; returns the init's host pid. Status is then ``created``.
 
@@ -176,9 +177,10 @@ class Runtime:
             cgroup.set(_with_default_devices(linux, linux.get("resources") or {}))
             os.mkfifo(cd.fifo, 0o600)
             fifo_fd = os.open(cd.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            pid = self._spawn_init(cd, config, bundle, rootfs, cgroup, seccomp, fifo_fd,
-                                   console_socket, foreground_console, on_console, no_pivot,
-                                   preserve_fds, record)
+            with _StdioFds(stdio) as fds:
+                pid = self._spawn_init(cd, config, bundle, rootfs, cgroup, seccomp, fifo_fd,
+                                       console_socket, foreground_console, on_console, no_pivot,
+                                       preserve_fds, fds)
             os.close(fifo_fd)
             record.update(status=Status.CREATED, pid=pid, startTime=proc_start_time(pid))
             record.pop("creator", None)
@@ -201,7 +203,7 @@ class Runtime:
                     cgroup: Any, seccomp: tuple[bytes, int] | None, fifo_fd: int,
                     console_socket: str | None, foreground_console: bool,
                     on_console: Callable[[int], None] | None, no_pivot: bool,
-                    preserve_fds: int, record: dict[str, Any]) -> int:
+                    preserve_fds: int, stdio: builtins.list[int | None]) -> int:
         from ketch.runtime.init import Channel, CreateContext, init_child, preload
         from ketch.sys.ns import NS_FLAGS
 
@@ -226,7 +228,8 @@ class Runtime:
             cgroup_v2=_needs_cgroup_v2(linux),
             chan=Channel(child), config=config, console=console, fifo_fd=fifo_fd,
             id=cd.id, join=join, new_flags=new_flags, no_pivot=no_pivot,
-            preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns)
+            preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns,
+            stdio=stdio)
         cpid = os.fork()
         if cpid == 0:
             parent.close()
@@ -313,7 +316,7 @@ class Runtime:
             if has_hooks(config, "poststart"):
                 run_hooks(config, "poststart", self._oci_state(cd, rec), fatal=False)
 
-    def kill(self, container_id: str, signal_: int = signal.SIGTERM, *,
+    def kill(self, container_id: str, signal: int = 15, *,
              all_processes: bool = False) -> None:
         cd = ContainerDir(self.root, container_id)
         rec = cd.load()
@@ -321,9 +324,9 @@ class Runtime:
         if status == Status.STOPPED:
             raise FailedPrecondition("container not running")
         if all_processes:
-            _cgroup_manager(rec).kill_all(signal_)
+            _cgroup_manager(rec).kill_all(signal)
             return
-        _kill_quiet(rec["pid"], signal_)
+        _kill_quiet(rec["pid"], signal)
 
     def pause(self, container_id: str) -> None:
         cd = ContainerDir(self.root, container_id)
@@ -417,10 +420,24 @@ class Runtime:
 
     def exec(self, container_id: str, process: dict[str, Any], *, detach: bool = False,
              console_socket: str | None = None, pid_file: str | None = None,
-             stdio: Any = None, preserve_fds: int = 0, ignore_paused: bool = False,
-             foreground_console: bool = False,
-             on_console: Callable[[int], None] | None = None) -> int:
-        """Start ``process`` in the container; returns its host pid (caller waits)."""
+             stdio: Stdio | None = None, preserve_fds: int = 0,
+             ignore_paused: bool = False) -> int:
+        """Run ``process`` in the container: its exit status, or with ``detach`` its pid."""
+        handle = self.spawn_exec(container_id, process, detach=detach,
+                                 console_socket=console_socket, pid_file=pid_file, stdio=stdio,
+                                 preserve_fds=preserve_fds, ignore_paused=ignore_paused)
+        return handle.pid if detach else handle.wait()
+
+    def spawn_exec(self, container_id: str, process: dict[str, Any], *, detach: bool = False,
+                   console_socket: str | None = None, pid_file: str | None = None,
+                   stdio: Stdio | None = None, preserve_fds: int = 0,
+                   ignore_paused: bool = False, foreground_console: bool = False,
+                   on_console: Callable[[int], None] | None = None) -> ExecHandle:
+        """Start ``process`` in the container; the handle has its pid and waits for it.
+
+        ``foreground_console``: a terminal's master comes to ``on_console`` (``exec -t``
+        without a console socket).
+        """
         from ketch.runtime.init import Channel, ExecContext, exec_child, preload
         from ketch.runtime.validate import validate_process
 
@@ -442,21 +459,20 @@ class Runtime:
             from ketch.runtime.seccomp import compile_seccomp
 
             seccomp = compile_seccomp(linux["seccomp"])
-        userns = None
-        for ns in linux.get("namespaces") or []:
-            if ns["type"] == "user":
-                userns = "join"
+        userns = "join" if any(ns["type"] == "user" for ns in linux.get("namespaces") or []) \
+            else None
         console, local_console = _console_ends(process, console_socket)
         preload({}, process, seccomp is not None)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ctx = ExecContext(cgroup=_cgroup_manager(rec), cgroup_v2=_needs_cgroup_v2(linux),
-                          chan=Channel(child), console=console,
-                          init_pid=rec["pid"], preserve_fds=preserve_fds, process=process,
-                          seccomp=seccomp, userns=userns)
-        cpid = os.fork()
-        if cpid == 0:
-            parent.close()
-            exec_child(ctx)
+        with _StdioFds(stdio) as fds:
+            ctx = ExecContext(cgroup=_cgroup_manager(rec), cgroup_v2=_needs_cgroup_v2(linux),
+                              chan=Channel(child), console=console, init_pid=rec["pid"],
+                              preserve_fds=preserve_fds, process=process, seccomp=seccomp,
+                              userns=userns, stdio=fds, detach=detach)
+            cpid = os.fork()
+            if cpid == 0:
+                parent.close()
+                exec_child(ctx)
         child.close()
         if console is not None:
             console.close()
@@ -470,8 +486,9 @@ class Runtime:
                     raise _error_from_child(msg["message"])
                 if msg.get("type") == "pid":
                     pid = msg["pid"]
-                    os.waitpid(cpid, 0)
-                    cpid = 0
+                    if detach:
+                        os.waitpid(cpid, 0)
+                        cpid = 0
                 elif msg.get("type") == "ready":
                     ready = True
             _hand_over_master(local_console, on_console)
@@ -480,19 +497,65 @@ class Runtime:
         except BaseException:
             if pid:
                 _kill_quiet(pid, signal.SIGKILL)
-            raise
-        finally:
             if cpid:
                 _kill_quiet(cpid, signal.SIGKILL)
                 os.waitpid(cpid, 0)
             parent.close()
+            raise
+        finally:
             if local_console is not None:
                 local_console.close()
         if pid_file:
             from ketch.runtime.state import atomic_write
 
             atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
-        return pid
+        if detach:
+            # EOF once C has exited and E's copy closed on exec: the program runs now
+            try:
+                while chan.recv():
+                    pass
+            except ConnectionError:
+                pass
+            parent.close()
+        return ExecHandle(pid, cpid, chan)
+
+
+class ExecHandle:
+    """A process started by :meth:`Runtime.spawn_exec`.
+
+    Attached, its parent is a small waiter (C) that reports the exit status over
+    the sync channel; :meth:`wait` collects it and reaps the waiter.
+    """
+
+    __slots__ = ("_chan", "_waiter", "pid")
+
+    def __init__(self, pid: int, waiter: int, chan: Any) -> None:
+        self.pid = pid
+        self._waiter = waiter
+        self._chan = chan
+
+    def wait(self) -> int:
+        """The exit status (negative: killed by that signal, as subprocess reports it)."""
+        if not self._waiter:
+            raise FailedPrecondition("a detached exec process cannot be waited for")
+        try:
+            while True:
+                try:
+                    msg = self._chan.recv()
+                except InterruptedError:
+                    continue
+                except ConnectionError:
+                    return 255  # the waiter died: nothing to report
+                if msg.get("type") == "exit":
+                    code: int = msg["status"]
+                    return code
+        finally:
+            self._chan.sock.close()
+            try:
+                os.waitpid(self._waiter, 0)
+            except ChildProcessError:
+                pass
+            self._waiter = 0
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -558,6 +621,41 @@ def _needs_cgroup_v2(linux: Mapping[str, Any]) -> bool:
     (joining it costs an RCU grace period; see CgroupManager.join_self)."""
     res = linux.get("resources") or {}
     return bool(res.get("hugepageLimits") or res.get("unified") or res.get("rdma"))
+
+
+class _StdioFds:
+    """A :class:`Stdio` as three fds for the child (None: inherit); opens /dev/null for
+    ``subprocess.DEVNULL`` and closes what it opened on exit."""
+
+    __slots__ = ("_opened", "_stdio")
+
+    def __init__(self, stdio: Stdio | None) -> None:
+        self._stdio = stdio
+        self._opened: list[int] = []
+
+    def __enter__(self) -> list[int | None]:
+        if self._stdio is None:
+            return []
+        out: list[int | None] = []
+        for item in (self._stdio.stdin, self._stdio.stdout, self._stdio.stderr):
+            if item is None:
+                out.append(None)
+            elif isinstance(item, int):
+                if item == -3:  # subprocess.DEVNULL
+                    fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                    self._opened.append(fd)
+                    out.append(fd)
+                elif item < 0:
+                    raise InvalidArgument(f"stdio: unsupported descriptor {item}")
+                else:
+                    out.append(item)
+            else:
+                out.append(item.fileno())
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._opened:
+            os.close(fd)
 
 
 def _with_default_devices(linux: Mapping[str, Any], resources: Mapping[str, Any]
@@ -631,3 +729,7 @@ def _rmtree(path: str) -> None:
         os.rmdir(path)
     except FileNotFoundError:
         pass
+
+
+if TYPE_CHECKING:  # mypy proves the library fits the seam the engine uses
+    _seam: OCIRuntime = Runtime()

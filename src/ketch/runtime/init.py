@@ -81,18 +81,35 @@ def _fail(chan: Channel | None, e: BaseException) -> NoReturn:
 class CreateContext:
     """Everything C and I need, computed by P before the fork."""
 
-    __slots__ = ("bundle", "cgroup", "cgroup_binds", "cgroup_v2", "chan", "config", "console",
-                 "fifo_fd",
-                 "id", "join", "new_flags", "no_pivot", "preserve_fds", "rootfs", "seccomp",
-                 "userns")
+    __slots__ = (
+        "bundle",
+        "cgroup",
+        "cgroup_binds",
+        "cgroup_v2",
+        "chan",
+        "config",
+        "console",
+        "fifo_fd",
+        "id",
+        "join",
+        "new_flags",
+        "no_pivot",
+        "preserve_fds",
+        "rootfs",
+        "seccomp",
+        "stdio",
+        "userns",
+    )
 
     def __init__(self, *, bundle: str, cgroup: Any, cgroup_binds: Sequence[tuple[str, str]],
                  cgroup_v2: bool,
                  chan: Channel, config: Mapping[str, Any], console: socket.socket | None,
                  fifo_fd: int, id: str, join: Sequence[tuple[str, str]], new_flags: int,
                  no_pivot: bool, preserve_fds: int, rootfs: str,
-                 seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
+                 seccomp: tuple[bytes, int] | None, userns: str | None,
+                 stdio: Sequence[int | None] = ()) -> None:
         self.bundle = bundle
+        self.stdio = stdio  # fds to become 0, 1, 2 (None: keep ours)
         self.cgroup = cgroup
         self.cgroup_v2 = cgroup_v2  # join a hybrid host's cgroup2 hierarchy too
         self.cgroup_binds = cgroup_binds
@@ -113,15 +130,18 @@ class CreateContext:
 class ExecContext:
     """What C and E need for ``exec``: the init's pid and the process to run."""
 
-    __slots__ = ("cgroup", "cgroup_v2", "chan", "console", "init_pid", "preserve_fds", "process",
-                 "seccomp", "userns")
+    __slots__ = ("cgroup", "cgroup_v2", "chan", "console", "detach", "init_pid", "preserve_fds",
+                 "process", "seccomp", "stdio", "userns")
 
     def __init__(self, *, cgroup: Any, cgroup_v2: bool, chan: Channel,
                  console: socket.socket | None,
                  init_pid: int, preserve_fds: int, process: Mapping[str, Any],
-                 seccomp: tuple[bytes, int] | None, userns: str | None) -> None:
+                 seccomp: tuple[bytes, int] | None, userns: str | None,
+                 stdio: Sequence[int | None] = (), detach: bool = True) -> None:
         self.cgroup = cgroup
         self.cgroup_v2 = cgroup_v2
+        self.stdio = stdio
+        self.detach = detach  # False: C stays, waits for E and reports its status
         self.chan = chan
         self.console = console
         self.init_pid = init_pid
@@ -161,6 +181,16 @@ def _terminate_on_signals() -> None:
         signal.signal(s, die)
 
 
+def _take_stdio(fds: Sequence[int | None]) -> None:
+    """Make ``fds`` (None: leave alone) this process's stdin, stdout and stderr."""
+    # dup everything above 2 first, so a source that is itself 0-2 isn't clobbered
+    high = [None if fd is None else os.dup(fd) for fd in fds]
+    for target, fd in enumerate(high):
+        if fd is not None:
+            os.dup2(fd, target)
+            os.close(fd)
+
+
 def _ns_join(join: Sequence[tuple[str, str]], only_user: bool) -> None:
     for kind, path in join:
         if (kind == "user") != only_user:
@@ -185,6 +215,7 @@ def init_child(ctx: CreateContext) -> NoReturn:
     chan: Channel = ctx.chan
     try:
         prctl.set_dumpable(False)
+        _take_stdio(ctx.stdio)
         ctx.cgroup.join_self(unified=ctx.cgroup_v2)  # I inherits it
         _ns_join(ctx.join, only_user=True)
         if ctx.userns == "new":
@@ -356,6 +387,7 @@ def exec_child(ctx: ExecContext) -> NoReturn:
     chan: Channel = ctx.chan
     try:
         prctl.set_dumpable(False)
+        _take_stdio(ctx.stdio)
         if ctx.cgroup is not None:
             ctx.cgroup.join_self(unified=ctx.cgroup_v2)
         order = ["user", "ipc", "uts", "network", "cgroup", "time", "pid", "mount"]
@@ -378,6 +410,14 @@ def exec_child(ctx: ExecContext) -> NoReturn:
         if pid == 0:
             _exec_main(ctx)
         chan.send(type="pid", pid=pid)
+        if ctx.detach:
+            os._exit(0)
+        # Attached: stay as E's parent (a few MB, shared with P) to collect its status,
+        # so the caller needs no subreaper rights.
+        for fd in (0, 1, 2):
+            os.close(fd)  # E's stdio must reach EOF when E is done, not when we are
+        _, status = os.waitpid(pid, 0)
+        chan.send(type="exit", status=os.waitstatus_to_exitcode(status))
         os._exit(0)
     except BaseException as e:
         _fail(chan, e)
@@ -395,7 +435,7 @@ def _exec_main(ctx: ExecContext) -> NoReturn:
         if ctx.seccomp and nnp:
             _load_seccomp(ctx.seccomp)
         chan.send(type="ready")
-        chan.sock.close()
+        # the channel stays open (close-on-exec): its EOF tells P the program was exec'd
         proc.exec_user(path, args, env, tramp, ctx.preserve_fds or 0)
     except BaseException as e:
         _fail(chan, e)

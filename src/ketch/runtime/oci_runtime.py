@@ -43,8 +43,9 @@ class OCIRuntime(Protocol):
     name: str
 
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
-               pid_file: str | None = None, stdio: Stdio | None = None) -> None:
-        """Create the container; on return its status is ``created``."""
+               pid_file: str | None = None, stdio: Stdio | None = None) -> int:
+        """Create the container; on return its status is ``created``. Returns the init's
+        host pid."""
 
     def start(self, container_id: str) -> None:
         """Exec the user process of a ``created`` container."""
