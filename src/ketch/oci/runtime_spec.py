@@ -22,9 +22,12 @@ own business and is passed through as mount(2)'s ``data`` string.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ketch.sys.mount import MS
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DEFAULT_DEVICES",

@@ -14,12 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import argparse
 
 from ketch.errors import InvalidArgument, KetchError, NotFound
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 __all__ = ["main"]
 
@@ -68,7 +70,8 @@ class Args(SimpleNamespace):
 # One table drives both parsers: a hand-rolled one for the normal path (argparse
 # costs several ms to build, on every container start) and argparse for --help
 # and for error messages. Option kinds: flag, value, int, append.
-Opt = tuple[tuple[str, ...], str, Any]
+if TYPE_CHECKING:
+    Opt = tuple[tuple[str, ...], str, Any]
 
 _GLOBAL: list[Opt] = [
     (("--root",), "value", None),

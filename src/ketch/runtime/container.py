@@ -14,10 +14,8 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
 
 from ketch.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from ketch.runtime.oci_runtime import OCIRuntime, Stdio
 from ketch.runtime.state import (
     DEFAULT_ROOT,
     ContainerDir,
@@ -25,6 +23,13 @@ from ketch.runtime.state import (
     list_ids,
     proc_start_time,
 )
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ketch.runtime.oci_runtime import OCIRuntime, Stdio
 
 __all__ = ["Runtime"]
 

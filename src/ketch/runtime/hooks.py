@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from ketch.errors import FailedPrecondition
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["run_hooks"]
 

@@ -23,12 +23,16 @@ import select
 import signal
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
 
 from ketch.errors import KetchError
 from ketch.runtime import process as proc
 from ketch.sys import prctl
 from ketch.sys.ns import CLONE, NS_FLAGS, setdomainname, sethostname, setns, unshare
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "Channel", "CreateContext", "ExecContext", "exec_child", "init_child", "preload",

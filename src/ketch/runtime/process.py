@@ -19,13 +19,17 @@ import resource
 import signal
 import stat
 from collections.abc import Mapping
-from typing import Any
 
 from ketch.errors import InvalidArgument
 from ketch.oci.runtime_spec import RLIMITS
 from ketch.sys import caps as _caps
 from ketch.sys import prctl
 from ketch.sys.exe import MARKER, sealed_trampoline, supported
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "apply_identity", "exec_user", "lookup", "prepare_env", "set_rlimits", "trampoline",

@@ -21,11 +21,15 @@ import errno
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ketch.errors import InvalidArgument
 from ketch.oci.runtime_spec import DEFAULT_DEVICES, PROPAGATION, parse_mount_options
 from ketch.sys.mount import MNT_DETACH, MS, mount, pivot_root, umount
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["finalize", "pivot", "prepare", "secure_join"]
 

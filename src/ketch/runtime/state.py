@@ -23,9 +23,13 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
 
 from ketch.errors import InvalidArgument, NotFound
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DEFAULT_ROOT",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NoReturn
 
 from ketch.errors import InvalidArgument, NotImplementedYet
 from ketch.oci.runtime_spec import (
@@ -36,6 +35,11 @@ from ketch.oci.runtime_spec import (
     RLIMITS,
 )
 from ketch.sys.caps import CAPS
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["load_config", "validate", "validate_process"]
 

@@ -27,10 +27,14 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from ketch.errors import InvalidArgument, Unavailable
 from ketch.sys.cgroupfs import hugepage_sizes, write_text
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DeviceRule",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ketch.errors import NotFound, Unavailable
 from ketch.runtime.cgroups.v2 import (
@@ -34,6 +33,11 @@ from ketch.runtime.cgroups.v2 import (
     wait_for,
 )
 from ketch.sys.cgroupfs import Hierarchy, read_text, write_text
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["V1Manager"]
 

@@ -20,10 +20,14 @@ import os
 import signal
 import time
 from collections.abc import Collection, Mapping
-from typing import Any
 
 from ketch.errors import NotFound, Unavailable
 from ketch.sys.cgroupfs import read_flat_keyed, read_text, write_text
+
+# typing costs ms to import on every container start; annotations are strings here
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["V2Manager", "kill_frozen", "kill_pids", "procs_recursive", "rmdir_tree", "wait_for"]
 
