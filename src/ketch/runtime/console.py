@@ -10,10 +10,10 @@ between its own stdio and the master until the container exits.
 
 from __future__ import annotations
 
+import _socket as socket  # see ketch.runtime.init: the same socket objects, lighter
 import array
 import fcntl
 import os
-import socket
 import struct
 import termios
 from collections.abc import Callable

@@ -7,11 +7,12 @@ with runc's wording where tools parse it.
 
 from __future__ import annotations
 
+# _socket, not socket: socket.py builds its enums and imports selectors (~3 ms a start)
+import _socket as socket
 import builtins
 import errno
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping
 

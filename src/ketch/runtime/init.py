@@ -17,11 +17,12 @@ back as ``{"type": "error", "message": ...}`` so P can print one clear line.
 
 from __future__ import annotations
 
+# _socket, not socket: socket.py builds its enums and imports selectors (~3 ms a start)
+import _socket as socket
 import json
 import os
 import select
 import signal
-import socket
 from collections.abc import Mapping, Sequence
 
 from ketch.errors import KetchError
