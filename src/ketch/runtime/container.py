@@ -17,6 +17,21 @@ import time
 from collections.abc import Callable, Mapping
 
 from ketch.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from ketch.runtime.launch import (
+    ExecHandle,
+    StdioFds,
+    console_ends,
+    destroy_cgroup,
+    error_from_child,
+    hand_over_master,
+    kill_quiet,
+    merge,
+    needs_cgroup_v2,
+    owner,
+    rmtree,
+    with_default_devices,
+    write_id_maps,
+)
 from ketch.runtime.state import (
     DEFAULT_ROOT,
     ContainerDir,
@@ -167,7 +182,7 @@ class Runtime:
         rootfs = os.path.realpath(os.path.join(bundle, root_path))
         record: dict[str, Any] = {
             "ociVersion": config.get("ociVersion"), "id": container_id, "bundle": bundle,
-            "rootfs": rootfs, "created": _now_rfc3339(), "owner": _owner(),
+            "rootfs": rootfs, "created": _now_rfc3339(), "owner": owner(),
             "annotations": config.get("annotations") or {}, "status": Status.CREATING,
             "creator": [os.getpid(), proc_start_time(os.getpid())],
             "cgroupsPath": linux.get("cgroupsPath"), "config": config,
@@ -180,10 +195,10 @@ class Runtime:
 
             cgroup = new_manager(linux.get("cgroupsPath"), container_id)
             cgroup.create()
-            cgroup.set(_with_default_devices(linux, linux.get("resources") or {}))
+            cgroup.set(with_default_devices(linux, linux.get("resources") or {}))
             os.mkfifo(cd.fifo, 0o600)
             fifo_fd = os.open(cd.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            with _StdioFds(stdio) as fds:
+            with StdioFds(stdio) as fds:
                 pid = self._spawn_init(cd, config, bundle, rootfs, cgroup, seccomp, fifo_fd,
                                        console_socket, foreground_console, on_console, no_pivot,
                                        preserve_fds, fds)
@@ -197,11 +212,11 @@ class Runtime:
                 atomic_write(os.path.abspath(pid_file), str(pid).encode(), 0o644)
         except BaseException:
             if pid:
-                _kill_quiet(pid, signal.SIGKILL)
+                kill_quiet(pid, signal.SIGKILL)
                 _wait_gone(pid, None, 0)
             if cgroup is not None:
-                _destroy_cgroup(cgroup)
-            _rmtree(cd.path)
+                destroy_cgroup(cgroup)
+            rmtree(cd.path)
             raise
         return pid
 
@@ -227,11 +242,11 @@ class Runtime:
             elif kind != "user":
                 new_flags |= NS_FLAGS[kind][0]
         join.sort(key=lambda j: _NS_ORDER.index(j[0]))
-        console, local_console = _console_ends(config.get("process") or {}, console_socket)
+        console, local_console = console_ends(config.get("process") or {}, console_socket)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctx = CreateContext(
             bundle=bundle, cgroup=cgroup, cgroup_binds=cgroup.mount_binds(),
-            cgroup_v2=_needs_cgroup_v2(linux),
+            cgroup_v2=needs_cgroup_v2(linux),
             chan=Channel(child), config=config, console=console, fifo_fd=fifo_fd,
             id=cd.id, join=join, new_flags=new_flags, no_pivot=no_pivot,
             preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns,
@@ -252,9 +267,9 @@ class Runtime:
                 msg = chan.recv()
                 kind = msg.get("type")
                 if kind == "error":
-                    raise _error_from_child(msg["message"])
+                    raise error_from_child(msg["message"])
                 if kind == "userns":
-                    _write_id_maps(msg["pid"], linux)
+                    write_id_maps(msg["pid"], linux)
                     chan.send(type="userns-ok")
                 elif kind == "pid":
                     init_pid = msg["pid"]
@@ -274,17 +289,17 @@ class Runtime:
                     run_hooks(config, "createRuntime", state)
                     chan.send(type="hooks-ok", state=state)
                     hooks_pending = False
-            _hand_over_master(local_console, on_console)
+            hand_over_master(local_console, on_console)
             return init_pid
         except ConnectionError:
             raise FailedPrecondition("container init exited before it was ready") from None
         except BaseException:
             if init_pid:
-                _kill_quiet(init_pid, signal.SIGKILL)
+                kill_quiet(init_pid, signal.SIGKILL)
             raise
         finally:
             if cpid:
-                _kill_quiet(cpid, signal.SIGKILL)
+                kill_quiet(cpid, signal.SIGKILL)
                 try:
                     os.waitpid(cpid, 0)
                 except ChildProcessError:
@@ -332,7 +347,7 @@ class Runtime:
         if all_processes:
             _cgroup_manager(rec).kill_all(signal)
             return
-        _kill_quiet(rec["pid"], signal)
+        kill_quiet(rec["pid"], signal)
 
     def pause(self, container_id: str) -> None:
         cd = ContainerDir(self.root, container_id)
@@ -373,10 +388,10 @@ class Runtime:
                             cgroup.thaw()
                     except OSError:
                         pass
-                _kill_quiet(pid, signal.SIGKILL)
+                kill_quiet(pid, signal.SIGKILL)
                 _wait_gone(pid, rec.get("startTime"), 10)
             if cgroup is not None:
-                _destroy_cgroup(cgroup)
+                destroy_cgroup(cgroup)
             config = rec.get("config") or {}
             from ketch.runtime.hooks import has_hooks, run_hooks
 
@@ -384,7 +399,7 @@ class Runtime:
                 st = self._oci_state(cd, rec)
                 st["status"] = Status.STOPPED
                 run_hooks(config, "poststop", st, fatal=False)
-            _rmtree(cd.path)
+            rmtree(cd.path)
 
     # ---- processes and resources ------------------------------------------------------
 
@@ -404,10 +419,10 @@ class Runtime:
 
             config = rec.get("config") or {}
             linux = config.setdefault("linux", {})
-            merged = _merge(linux.get("resources") or {}, resources)
+            merged = merge(linux.get("resources") or {}, resources)
             trial = dict(config, linux=dict(linux, resources=merged))
             validate(trial, rec["bundle"], need_process=False, check_rootfs=False)
-            _cgroup_manager(rec).set(_with_default_devices(linux, merged))
+            _cgroup_manager(rec).set(with_default_devices(linux, merged))
             linux["resources"] = merged
             cd.save(rec)
 
@@ -467,11 +482,11 @@ class Runtime:
             seccomp = compile_seccomp(linux["seccomp"])
         userns = "join" if any(ns["type"] == "user" for ns in linux.get("namespaces") or []) \
             else None
-        console, local_console = _console_ends(process, console_socket)
+        console, local_console = console_ends(process, console_socket)
         preload({}, process, seccomp is not None)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with _StdioFds(stdio) as fds:
-            ctx = ExecContext(cgroup=_cgroup_manager(rec), cgroup_v2=_needs_cgroup_v2(linux),
+        with StdioFds(stdio) as fds:
+            ctx = ExecContext(cgroup=_cgroup_manager(rec), cgroup_v2=needs_cgroup_v2(linux),
                               chan=Channel(child), console=console, init_pid=rec["pid"],
                               preserve_fds=preserve_fds, process=process, seccomp=seccomp,
                               userns=userns, stdio=fds, detach=detach)
@@ -489,7 +504,7 @@ class Runtime:
             while not (ready and pid):  # C's "pid" and E's "ready" arrive in either order
                 msg = chan.recv()
                 if msg.get("type") == "error":
-                    raise _error_from_child(msg["message"])
+                    raise error_from_child(msg["message"])
                 if msg.get("type") == "pid":
                     pid = msg["pid"]
                     if detach:
@@ -497,14 +512,14 @@ class Runtime:
                         cpid = 0
                 elif msg.get("type") == "ready":
                     ready = True
-            _hand_over_master(local_console, on_console)
+            hand_over_master(local_console, on_console)
         except ConnectionError:
             raise FailedPrecondition("exec process exited before it was ready") from None
         except BaseException:
             if pid:
-                _kill_quiet(pid, signal.SIGKILL)
+                kill_quiet(pid, signal.SIGKILL)
             if cpid:
-                _kill_quiet(cpid, signal.SIGKILL)
+                kill_quiet(cpid, signal.SIGKILL)
                 os.waitpid(cpid, 0)
             parent.close()
             raise
@@ -524,217 +539,6 @@ class Runtime:
                 pass
             parent.close()
         return ExecHandle(pid, cpid, chan)
-
-
-class ExecHandle:
-    """A process started by :meth:`Runtime.spawn_exec`.
-
-    Attached, its parent is a small waiter (C) that reports the exit status over
-    the sync channel; :meth:`wait` collects it and reaps the waiter.
-    """
-
-    __slots__ = ("_chan", "_waiter", "pid")
-
-    def __init__(self, pid: int, waiter: int, chan: Any) -> None:
-        self.pid = pid
-        self._waiter = waiter
-        self._chan = chan
-
-    def wait(self) -> int:
-        """The exit status (negative: killed by that signal, as subprocess reports it)."""
-        if not self._waiter:
-            raise FailedPrecondition("a detached exec process cannot be waited for")
-        try:
-            while True:
-                try:
-                    msg = self._chan.recv()
-                except InterruptedError:
-                    continue
-                except ConnectionError:
-                    return 255  # the waiter died: nothing to report
-                if msg.get("type") == "exit":
-                    code: int = msg["status"]
-                    return code
-        finally:
-            self._chan.sock.close()
-            try:
-                os.waitpid(self._waiter, 0)
-            except ChildProcessError:
-                pass
-            self._waiter = 0
-
-
-# ---- helpers ----------------------------------------------------------------------------
-
-def _owner() -> str:
-    uid = os.geteuid()
-    if uid == 0:
-        return "root"
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        return str(uid)
-
-
-def _merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in new.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _console_ends(process: Mapping[str, Any], console_socket: str | None
-                  ) -> tuple[socket.socket | None, socket.socket | None]:
-    """(end the container sends its pty master on, end we receive it on) for a terminal.
-
-    With ``--console-socket`` the master goes to that socket's listener; without,
-    to us (foreground ``run -t``/``exec -t``). No terminal: (None, None).
-    """
-    if not process.get("terminal"):
-        return None, None
-    if not console_socket:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        return theirs, ours
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(console_socket)
-    except OSError as e:
-        sock.close()
-        raise InvalidArgument(f"console socket {console_socket}: {e.strerror}") from None
-    return sock, None
-
-
-def _hand_over_master(local: socket.socket | None, on_console: Callable[[int], None] | None
-                      ) -> None:
-    if local is None:
-        return
-    from ketch.runtime.console import recv_fd
-
-    master = recv_fd(local)
-    if on_console is not None:
-        on_console(master)
-    else:
-        os.close(master)
-
-
-def _needs_cgroup_v2(linux: Mapping[str, Any]) -> bool:
-    """Whether a hybrid host's cgroup2 hierarchy holds anything for this container
-    (joining it costs an RCU grace period; see CgroupManager.join_self)."""
-    res = linux.get("resources") or {}
-    return bool(res.get("hugepageLimits") or res.get("unified") or res.get("rdma"))
-
-
-class _StdioFds:
-    """A :class:`Stdio` as three fds for the child (None: inherit); opens /dev/null for
-    ``subprocess.DEVNULL`` and closes what it opened on exit."""
-
-    __slots__ = ("_opened", "_stdio")
-
-    def __init__(self, stdio: Stdio | None) -> None:
-        self._stdio = stdio
-        self._opened: list[int] = []
-
-    def __enter__(self) -> list[int | None]:
-        if self._stdio is None:
-            return []
-        out: list[int | None] = []
-        for item in (self._stdio.stdin, self._stdio.stdout, self._stdio.stderr):
-            if item is None:
-                out.append(None)
-            elif isinstance(item, int):
-                if item == -3:  # subprocess.DEVNULL
-                    fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                    self._opened.append(fd)
-                    out.append(fd)
-                elif item < 0:
-                    raise InvalidArgument(f"stdio: unsupported descriptor {item}")
-                else:
-                    out.append(item)
-            else:
-                out.append(item.fileno())
-        return out
-
-    def __exit__(self, *exc: object) -> None:
-        for fd in self._opened:
-            os.close(fd)
-
-
-def _with_default_devices(linux: Mapping[str, Any], resources: Mapping[str, Any]
-                          ) -> dict[str, Any]:
-    """``resources`` plus the device rules every container needs (the spec's
-    "deny all" usually comes first; the default nodes must stay usable)."""
-    from ketch.runtime.cgroups.convert import default_device_rules
-
-    out = dict(resources)
-    out["devices"] = [*(resources.get("devices") or []), *default_device_rules(linux)]
-    return out
-
-
-def _error_from_child(message: str) -> Exception:
-    if message.startswith("exec: "):
-        return InvalidArgument(message)
-    return FailedPrecondition(message)
-
-
-def _kill_quiet(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _write_id_maps(pid: int, linux: Mapping[str, Any]) -> None:
-    def fmt(maps: Any) -> bytes:
-        return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n"
-                       for m in maps or []).encode()
-
-    if os.geteuid() != 0:
-        with open(f"/proc/{pid}/setgroups", "w") as f:
-            f.write("deny")
-    for name, key in (("uid_map", "uidMappings"), ("gid_map", "gidMappings")):
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, fmt(linux.get(key)))
-        finally:
-            os.close(fd)
-
-
-def _destroy_cgroup(cgroup: Any) -> None:
-    try:
-        if cgroup.exists():
-            try:
-                cgroup.kill_all(signal.SIGKILL)
-            except OSError:
-                pass
-        cgroup.destroy()
-    except OSError:
-        pass
-
-
-def _rmtree(path: str) -> None:
-    """Remove a container's state directory (flat: a few files), quietly."""
-    try:
-        names = os.listdir(path)
-    except FileNotFoundError:
-        return
-    for name in names:
-        try:
-            os.unlink(os.path.join(path, name))
-        except IsADirectoryError:
-            import shutil  # never expected here; stay correct if it happens
-
-            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
 
 
 if TYPE_CHECKING:  # mypy proves the library fits the seam the engine uses
