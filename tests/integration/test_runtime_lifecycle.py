@@ -369,3 +369,19 @@ def test_kill_all_and_force_delete_of_paused(ctl: Ctl, make_bundle: Callable[...
     ctl("delete", "--force", second)
     assert ctl("state", second, check=False).returncode == 1
     assert cgroup_dirs(second) == []
+
+
+def test_events_stream_stats_and_oom(ctl: Ctl, make_bundle: Callable[..., str],
+                                     cid: str) -> None:
+    # dd's 128 MiB buffer is filled by read(): far over the 32 MiB limit
+    b = make_bundle(["/bin/sh", "-c", "sleep 0.5; dd if=/dev/zero of=/dev/null bs=128M count=1 "
+                     "2>/dev/null; sleep 0.5"])
+    edit_config(b, linux__resources={"memory": {"limit": 32 << 20}})
+    ctl("run", "-d", "--bundle", b, cid)
+    out = ctl("events", "--interval", "0.1s", cid, timeout=30).stdout
+    events = [json.loads(line) for line in out.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert "stats" in kinds and "oom" in kinds, kinds
+    assert all(e["id"] == cid for e in events)
+    # the stream ended by itself when the container stopped
+    assert ctl.state(cid)["status"] == "stopped"
