@@ -55,6 +55,14 @@ def nr(name: str) -> int:
     try:
         return _NR[MACHINE][name]
     except KeyError:
+        pass
+    # other architectures: the generated seccomp tables know every syscall
+    from ketch.errors import InvalidArgument
+    from ketch.sys.syscalls import native_arch, table
+
+    try:
+        return table(native_arch(MACHINE))[name]
+    except (KeyError, InvalidArgument):
         raise OSError(38, f"syscall {name} unknown on {MACHINE}") from None
 
 
