@@ -1,0 +1,445 @@
+"""A lean HTTP/1.1 server on asyncio, shaped for the Docker Engine API.
+
+Why our own: the Engine API needs connection hijacking (attach/exec answer
+``101 UPGRADED`` with ``Connection: Upgrade`` / ``Upgrade: tcp`` and then speak a
+raw byte protocol on the same socket), long-lived chunked streams (logs, events,
+pulls) flushed per chunk, and nothing else fancy. The stdlib has no async HTTP
+server, and the project takes no dependencies.
+
+Lifecycle of one connection::
+
+    accept ─▶ read head (≤ max_header_bytes) ─▶ read body (Content-Length or
+    chunked, ≤ max_body_bytes) ─▶ handler(Request) ─▶ Response
+        ├─ body: bytes            → Content-Length, then next request (keep-alive)
+        ├─ body: async iterator   → Transfer-Encoding: chunked, one chunk per item
+        └─ hijack: callback       → head written, callback owns reader/writer, then close
+
+HEAD requests get the GET head (with its Content-Length) and no body. A request
+that cannot be parsed gets 400 (431 for an oversized head, 413 for an oversized
+body) and the connection is closed. The handler is expected to turn its own
+errors into responses (``ketch.api.httpstatus``); an exception that escapes it is
+logged and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = [
+    "BadRequest",
+    "HTTPServer",
+    "Handler",
+    "Headers",
+    "Hijacker",
+    "Limits",
+    "Request",
+    "Response",
+    "parse_head",
+    "upgrade_response",
+]
+
+log = logging.getLogger(__name__)
+
+Hijacker = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class BadRequest(Exception):
+    """The bytes on the wire are not an HTTP/1.x request we accept; carries the status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-request limits. Go's net/http defaults to a 1 MiB head, so clients fit in it."""
+
+    max_header_bytes: int = 1 << 20
+    max_body_bytes: int = 64 << 20
+    max_headers: int = 200
+
+
+class Headers:
+    """Case-insensitive multi-map of header fields, in arrival order."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = list(items)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        low = name.lower()
+        for k, v in self._items:
+            if k.lower() == low:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        low = name.lower()
+        return [v for k, v in self._items if k.lower() == low]
+
+    def tokens(self, name: str) -> set[str]:
+        """Comma-separated tokens of every field called ``name``, lower-cased."""
+        return {t.strip().lower() for v in self.get_all(name) for t in v.split(",") if t.strip()}
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed request. ``path`` is percent-decoded; ``params`` are filled by the router."""
+
+    method: str
+    target: str
+    version: str
+    headers: Headers
+    body: bytes = b""
+    path: str = ""
+    query: dict[str, list[str]] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    api_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            parts = urlsplit(self.target)
+            self.path = unquote(parts.path)
+            self.query = parse_qs(parts.query, keep_blank_values=True)
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        """The last value of query parameter ``name``."""
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.headers.tokens("connection")
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in conn
+        return "close" not in conn
+
+
+@dataclass(slots=True)
+class Response:
+    """What a handler returns.
+
+    ``body`` is bytes (sent with Content-Length) or an async iterator of bytes
+    (sent chunked, each item flushed as it comes). ``hijack``, if set, is called
+    with the raw reader/writer once the head is written; the connection is closed
+    when it returns.
+    """
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | AsyncIterator[bytes] = b""
+    hijack: Hijacker | None = None
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        for k, v in self.headers:
+            if k.lower() == low:
+                return v
+        return None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def upgrade_response(request: Request, hijack: Hijacker, *,
+                     content_type: str = "application/vnd.docker.raw-stream") -> Response:
+    """The response that hands the connection to ``hijack`` (Docker's attach/exec).
+
+    A client that asked for ``Upgrade: tcp`` gets ``101 UPGRADED``; one that did
+    not (old clients) gets ``200 OK`` and the same raw stream after the head.
+    """
+    headers = [("Content-Type", content_type)]
+    if "upgrade" in request.headers.tokens("connection") and request.headers.get("upgrade"):
+        headers += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+        return Response(101, headers, hijack=hijack)
+    return Response(200, headers, hijack=hijack)
+
+
+_REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
+_REASONS[101] = "UPGRADED"  # what dockerd writes; clients only look at the code
+
+
+class _DateCache:
+    """RFC 7231 Date header, formatted at most once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True)
+        return self._value
+
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def parse_head(data: bytes, limits: Limits = Limits()) -> Request:
+    """Parse a request line and header fields (``data`` ends with CRLF CRLF)."""
+    try:
+        text = data.decode("latin-1")
+    except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes anything
+        raise BadRequest(400, "bad encoding") from e
+    lines = text.split("\r\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise BadRequest(400, "empty request")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise BadRequest(400, f"malformed request line {lines[0][:100]!r}")
+    method, target, version = parts
+    if not method or not set(method) <= _TOKEN_CHARS:
+        raise BadRequest(400, f"malformed method {method[:50]!r}")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(505, f"unsupported protocol version {version[:20]!r}")
+    if not target.startswith("/"):
+        if target.startswith(("http://", "https://")):
+            target = urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
+        else:
+            raise BadRequest(400, f"malformed request target {target[:100]!r}")
+    if len(lines) - 1 > limits.max_headers:
+        raise BadRequest(431, "too many header fields")
+    fields: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            raise BadRequest(400, "obsolete header line folding")
+        name, sep, value = line.partition(":")
+        if not sep or not name or not set(name) <= _TOKEN_CHARS:
+            raise BadRequest(400, f"malformed header field {line[:100]!r}")
+        fields.append((name, value.strip(" \t")))
+    return Request(method, target, version, Headers(fields))
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        size_text = line[:-2].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadRequest(400, "malformed chunk size") from None
+        if size < 0:
+            raise BadRequest(400, "malformed chunk size")
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailer fields, ignored
+                pass
+            return bytes(body)
+        if len(body) + size > limit:
+            raise BadRequest(413, "request body too large")
+        body += await reader.readexactly(size)
+        if await reader.readexactly(2) != b"\r\n":
+            raise BadRequest(400, "malformed chunk terminator")
+
+
+async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    req: Request, limits: Limits) -> bytes:
+    """Read the body framed by Transfer-Encoding or Content-Length (RFC 9112 §6.3)."""
+    te = req.headers.tokens("transfer-encoding")
+    cl_values = req.headers.get_all("content-length")
+    if te:
+        if te != {"chunked"}:
+            raise BadRequest(501, f"unsupported transfer coding {sorted(te)}")
+        if cl_values:
+            raise BadRequest(400, "both Content-Length and Transfer-Encoding")
+        await _continue(writer, req)
+        return await _read_chunked(reader, limits.max_body_bytes)
+    if not cl_values:
+        return b""
+    if len(set(cl_values)) != 1 or not cl_values[0].isdigit():
+        raise BadRequest(400, "malformed Content-Length")
+    length = int(cl_values[0])
+    if length > limits.max_body_bytes:
+        raise BadRequest(413, "request body too large")
+    if length == 0:
+        return b""
+    await _continue(writer, req)
+    return await reader.readexactly(length)
+
+
+async def _continue(writer: asyncio.StreamWriter, req: Request) -> None:
+    if req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect"):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+
+
+class HTTPServer:
+    """Serves ``handler`` on every accepted connection; tracks them for shutdown."""
+
+    def __init__(self, handler: Handler, *, limits: Limits = Limits(),
+                 server_header: str | None = None) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.server_header = server_header
+        self._dates = _DateCache()
+        self._conns: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
+
+    async def start_unix(self, path: str) -> asyncio.Server:
+        # The reader limit bounds readuntil(), hence the request head.
+        return await asyncio.start_unix_server(self.serve, path=path,
+                                               limit=self.limits.max_header_bytes)
+
+    async def close_connections(self, timeout: float = 5.0) -> None:
+        """Close every open connection (idle keep-alives, streams, hijacked sockets).
+
+        Call after the listening servers are closed; waits up to ``timeout`` for
+        the connection tasks to finish, then cancels the rest.
+        """
+        for w in list(self._conns):
+            w.close()
+        tasks = [t for t in self._conns.values() if t is not None and not t.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns[writer] = asyncio.current_task()
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            self._conns.pop(writer, None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as e:
+                if e.partial.strip():
+                    await self._write_error(writer, BadRequest(400, "truncated request"))
+                return
+            except asyncio.LimitOverrunError:
+                await self._write_error(writer, BadRequest(431, "request header too large"))
+                return
+            try:
+                req = parse_head(head, self.limits)
+                req.body = await read_body(reader, writer, req, self.limits)
+            except BadRequest as e:
+                await self._write_error(writer, e)
+                return
+            except (asyncio.LimitOverrunError, ValueError):
+                await self._write_error(writer, BadRequest(400, "malformed chunked body"))
+                return
+            try:
+                resp = await self.handler(req)
+            except Exception:
+                log.exception("unhandled error in %s %s", req.method, req.path)
+                resp = Response(500, [("Content-Type", "application/json")],
+                                b'{"message":"internal server error"}\n')
+            keep = await self._write_response(writer, req, resp)
+            if resp.hijack is not None:
+                await resp.hijack(reader, writer)
+                return
+            if not keep:
+                return
+
+    def _head(self, status: int, headers: list[tuple[str, str]]) -> bytearray:
+        out = bytearray(f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n", "latin-1")
+        out += f"Date: {self._dates.now()}\r\n".encode("latin-1")
+        if self.server_header:
+            out += f"Server: {self.server_header}\r\n".encode("latin-1")
+        for k, v in headers:
+            out += f"{k}: {v}\r\n".encode("latin-1")
+        out += b"\r\n"
+        return out
+
+    async def _write_error(self, writer: asyncio.StreamWriter, e: BadRequest) -> None:
+        body = b'{"message":' + _json_str(str(e)) + b"}\n"
+        writer.write(self._head(e.status, [("Content-Type", "application/json"),
+                                           ("Content-Length", str(len(body))),
+                                           ("Connection", "close")]) + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    async def _write_response(self, writer: asyncio.StreamWriter, req: Request,
+                              resp: Response) -> bool:
+        """Write ``resp``; True when the connection may carry another request."""
+        keep = req.keep_alive and resp.hijack is None
+        headers = list(resp.headers)
+        no_body = req.method == "HEAD" or resp.status in (204, 304) or resp.status < 200
+        body = resp.body
+        if resp.hijack is not None:
+            writer.write(self._head(resp.status, headers))
+            await writer.drain()
+            return False
+        if isinstance(body, bytes | bytearray):
+            if resp.status not in (204, 304) and resp.header("content-length") is None:
+                headers.append(("Content-Length", str(len(body))))
+            if not keep:
+                headers.append(("Connection", "close"))
+            head = self._head(resp.status, headers)
+            writer.write(head if no_body else head + body)
+            await writer.drain()
+            return keep
+        # streaming
+        chunked = req.version == "HTTP/1.1"
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        else:
+            keep = False  # HTTP/1.0: the end of the body is the end of the connection
+        if not keep:
+            headers.append(("Connection", "close"))
+        writer.write(self._head(resp.status, headers))
+        await writer.drain()
+        if no_body:
+            await _aclose(body)
+            return keep
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if chunked:
+                    writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                else:
+                    writer.write(chunk)
+                await writer.drain()
+        finally:
+            await _aclose(body)
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        return keep
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _json_str(s: str) -> bytes:
+    return json.dumps(s).encode()

@@ -1,0 +1,100 @@
+"""A private ketchd for compat tests: its own socket, data root and pidfile in a temp dir.
+
+Only the process started here is ever signalled. No real dockerd is involved;
+the docker CLI runs as a client only, with a throwaway config directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# The docker CLI, client only: $KETCH_DOCKER, else the first `docker` on PATH.
+DOCKER = os.environ.get("KETCH_DOCKER") or shutil.which("docker") or "/usr/bin/docker"
+
+
+@dataclass
+class Ketchd:
+    proc: subprocess.Popen[bytes]
+    root: Path
+    sock: Path
+    pidfile: Path
+    ready_seconds: float
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.sock}"
+
+    def docker(self, *args: str, env: dict[str, str] | None = None,
+               host_flag: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the docker CLI against this ketchd (DOCKER_HOST, or -H if host_flag)."""
+        if not os.path.exists(DOCKER):
+            pytest.skip(f"{DOCKER} not installed")
+        e = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        e["DOCKER_CONFIG"] = str(self.root / "docker-config")
+        if host_flag:
+            args = ("-H", self.url, *args)
+        else:
+            e["DOCKER_HOST"] = self.url
+        e.update(env or {})
+        return subprocess.run([DOCKER, *args], env=e, capture_output=True, text=True,
+                              timeout=30, check=False)
+
+
+def start_ketchd(root: Path, *extra: str) -> Ketchd:
+    sock, pidfile = root / "ketch.sock", root / "ketchd.pid"
+    log = open(root / "ketchd.log", "wb")  # noqa: SIM115 - lives as long as the process
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ketch.cmd.ketchd", "-H", f"unix://{sock}",
+         "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(pidfile), *extra],
+        stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = started + 15
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ketchd exited {proc.returncode}: "
+                               f"{(root / 'ketchd.log').read_text()}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_ketchd(proc)
+                raise RuntimeError("ketchd did not open its socket in 15 s") from None
+            time.sleep(0.005)
+    return Ketchd(proc, root, sock, pidfile, time.monotonic() - started)
+
+
+def stop_ketchd(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def ketchd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
+    root = tmp_path_factory.mktemp("ketchd")
+    d = start_ketchd(root)
+    try:
+        yield d
+    finally:
+        stop_ketchd(d.proc)
+        shutil.rmtree(root, ignore_errors=True)
