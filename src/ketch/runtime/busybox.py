@@ -79,15 +79,18 @@ def _applets(binary: str, mtime_ns: int) -> tuple[tuple[str, ...], frozenset[str
     return tuple(n for n in names if n and "/" not in n and n != "busybox"), sbin
 
 
-def applets(binary: str = BUSYBOX) -> list[str]:
-    """Applet names of the static busybox at ``binary`` (FailedPrecondition if unusable)."""
+def _mtime(binary: str) -> int:
     try:
-        mtime = os.stat(binary).st_mtime_ns
+        return os.stat(binary).st_mtime_ns
     except FileNotFoundError:
         raise FailedPrecondition(
             f"{binary} not found; install busybox-static (apt-get install busybox-static)"
         ) from None
-    return list(_applets(binary, mtime)[0])
+
+
+def applets(binary: str = BUSYBOX) -> list[str]:
+    """Applet names of the static busybox at ``binary`` (FailedPrecondition if unusable)."""
+    return list(_applets(binary, _mtime(binary))[0])
 
 
 def make_rootfs(dest: str, *, binary: str = BUSYBOX) -> None:
@@ -95,13 +98,7 @@ def make_rootfs(dest: str, *, binary: str = BUSYBOX) -> None:
 
     Raises FailedPrecondition when ``binary`` is missing or not statically linked.
     """
-    try:
-        mtime = os.stat(binary).st_mtime_ns
-    except FileNotFoundError:
-        raise FailedPrecondition(
-            f"{binary} not found; install busybox-static (apt-get install busybox-static)"
-        ) from None
-    names, sbin = _applets(binary, mtime)
+    names, sbin = _applets(binary, _mtime(binary))
     os.makedirs(dest, exist_ok=True)
     for d in _DIRS:
         os.makedirs(os.path.join(dest, d), mode=0o755, exist_ok=True)

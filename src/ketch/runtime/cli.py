@@ -347,12 +347,16 @@ def _forward_signals(pid: int) -> None:
         signal.signal(s, forward)
 
 
-def _start_proxy(master: int) -> None:
+def _start_proxy(master: int) -> Any:
+    """Copy between our terminal and ``master`` in a thread, until the container's side
+    closes; join it so our terminal is restored before we exit."""
     import threading
 
     from ketch.runtime.console import proxy
 
-    threading.Thread(target=proxy, args=(master, lambda: True), daemon=True).start()
+    t = threading.Thread(target=proxy, args=(master,), daemon=True)
+    t.start()
+    return t
 
 
 def _wait_child(pid: int) -> int:
@@ -371,16 +375,18 @@ def _wait_child(pid: int) -> int:
             return os.WEXITSTATUS(status)
 
 
-def _foreground(rt: Any, a: Args, launch: Any) -> int:
-    """Run a container or exec process attached to our stdio; returns its exit status."""
+def _foreground(launch: Any) -> int:
+    """Run a container attached to our stdio; returns its exit status."""
     from ketch.sys import prctl
 
     prctl.set_child_subreaper()
     masters: list[int] = []
     pid = launch(masters.append)
-    if masters:
-        _start_proxy(masters[0])
-    return _wait_child(pid)
+    proxy = _start_proxy(masters[0]) if masters else None
+    code = _wait_child(pid)
+    if proxy is not None:
+        proxy.join(1.0)
+    return code
 
 
 def _cmd(a: Args) -> int:
@@ -408,7 +414,7 @@ def _cmd(a: Args) -> int:
             return pid
 
         try:
-            code = _foreground(rt, a, launch)
+            code = _foreground(launch)
         finally:
             if not a.keep:
                 try:
@@ -447,9 +453,10 @@ def _cmd(a: Args) -> int:
                                foreground_console=not a.console_socket,
                                on_console=masters.append)
         _forward_signals(handle.pid)
-        if masters:
-            _start_proxy(masters[0])
+        proxy = _start_proxy(masters[0]) if masters else None
         status: int = handle.wait()
+        if proxy is not None:
+            proxy.join(1.0)
         return 128 - status if status < 0 else status
     elif v == "pause":
         rt.pause(a.id)

@@ -16,7 +16,6 @@ import fcntl
 import os
 import struct
 import termios
-from collections.abc import Callable
 
 __all__ = ["open_pty", "proxy", "recv_fd", "send_fd", "set_winsize"]
 
@@ -53,7 +52,7 @@ def open_pty() -> tuple[int, int, str]:
     return master, slave, path
 
 
-def proxy(master: int, pid_alive: Callable[[], bool]) -> None:
+def proxy(master: int) -> None:
     """Copy stdin → master and master → stdout until the master hangs up."""
     import select
     import tty
@@ -70,7 +69,7 @@ def proxy(master: int, pid_alive: Callable[[], bool]) -> None:
     fds = [master, 0]
     try:
         while True:
-            r, _, _ = select.select(fds, [], [], 0.5)
+            r, _, _ = select.select(fds, [], [])
             if master in r:
                 try:
                     data = os.read(master, 65536)
@@ -85,8 +84,6 @@ def proxy(master: int, pid_alive: Callable[[], bool]) -> None:
                     fds.remove(0)
                 else:
                     os.write(master, data)
-            if not r and not pid_alive():
-                break
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)

@@ -19,7 +19,9 @@ _syscall.restype = ctypes.c_long
 
 MACHINE = os.uname().machine  # platform.machine() says the same but costs ms to import
 
-# Numbers for the calls glibc 2.36 does not wrap (or wraps too late for us).
+# Numbers for the calls glibc 2.36 does not wrap (or wraps too late for us), kept here
+# for the two common machines because loading ketch.sys.syscalls costs every start time;
+# nr() falls back to those generated tables elsewhere.
 _NR: dict[str, dict[str, int]] = {
     "x86_64": {
         "pivot_root": 155,
