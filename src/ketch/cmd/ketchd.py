@@ -115,8 +115,8 @@ def _write_pidfile(path: str) -> None:
 async def _serve(args: argparse.Namespace, started: float) -> None:
     from ketch.api.http import HTTPServer
     from ketch.api.router import Router
-    from ketch.api.routers.system import SystemRouter
-    from ketch.engine.system import System
+    from ketch.api.routers import all_routes
+    from ketch.engine.engine import Engine, EngineConfig
 
     paths = _unix_paths(args.host or [DEFAULT_HOST])
     gid = _socket_gid(args.group)
@@ -131,10 +131,11 @@ async def _serve(args: argparse.Namespace, started: float) -> None:
     created: list[str] = []
     servers: list[asyncio.Server] = []
     http: HTTPServer | None = None
+    engine: Engine | None = None
     try:
-        system = System(data_root=args.data_root, exec_root=args.exec_root,
-                        debug=args.log_level == "debug")
-        router = Router(SystemRouter(system).routes())
+        engine = Engine(EngineConfig(data_root=args.data_root, exec_root=args.exec_root,
+                                     debug=args.log_level == "debug"))
+        router = Router(all_routes(engine))
         http = HTTPServer(router, server_header=f"ketch/{ketch.__version__} (linux)")
         for path in paths:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -164,6 +165,8 @@ async def _serve(args: argparse.Namespace, started: float) -> None:
         for path in created:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        if engine is not None:
+            engine.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.pidfile)
 
