@@ -67,6 +67,9 @@ def test_keep_alive_rules() -> None:
 async def _app(req: Request) -> Response:
     if req.path == "/echo":
         return Response(200, [("Content-Type", "application/octet-stream")], req.body)
+    if req.path == "/echo-io":
+        spooled = b"spooled" if req.spool is not None else b"memory"
+        return Response(200, [("X-Body", spooled.decode())], req.body_io().read())
     if req.path == "/stream":
         async def gen() -> AsyncIterator[bytes]:
             for i in range(3):
@@ -203,6 +206,26 @@ def test_limits_and_malformed_bodies_close(request_bytes: bytes, status: int) ->
         assert await r.read() == b""
         await _close(w)
     _run(t, Limits(max_header_bytes=2048, max_body_bytes=4096))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_large_bodies_are_spooled_to_a_file_and_read_whole(chunked: bool) -> None:
+    payload = bytes(range(256)) * 40  # 10 KiB: over the 4 KiB spool threshold below
+    async def t(path: str) -> None:
+        r, w = await asyncio.open_unix_connection(path)
+        for body in (payload, b"small"):
+            if chunked:
+                framed = b"".join(b"%x\r\n" % len(body[i:i + 3000]) + body[i:i + 3000] + b"\r\n"
+                                  for i in range(0, len(body), 3000)) + b"0\r\n\r\n"
+                w.write(b"POST /echo-io HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + framed)
+            else:
+                w.write(b"POST /echo-io HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+                        + body)
+            status, headers, got = await _read_response(r)
+            assert (status, got) == (200, body)
+            assert headers["x-body"] == ("spooled" if body is payload else "memory")
+        await _close(w)
+    _run(t, Limits(spool_bytes=4096))
 
 
 def test_unhandled_error_is_500_and_connection_survives() -> None:

@@ -26,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import io
 import json
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
@@ -66,7 +68,8 @@ class Limits:
     """Per-request limits. Go's net/http defaults to a 1 MiB head, so clients fit in it."""
 
     max_header_bytes: int = 1 << 20
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int = 1 << 40  # tarballs (load, import, cp) are spooled to disk
+    spool_bytes: int = 8 << 20  # bodies larger than this go to a temp file, not memory
     max_headers: int = 200
 
 
@@ -113,6 +116,14 @@ class Request:
     query: dict[str, list[str]] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     api_version: str = ""
+    spool: IO[bytes] | None = None  # set instead of ``body`` when the body was spooled
+
+    def body_io(self) -> IO[bytes]:
+        """The whole body as a readable binary file, spooled or not (for tarballs)."""
+        if self.spool is not None:
+            self.spool.seek(0)
+            return self.spool
+        return io.BytesIO(self.body)
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -235,8 +246,36 @@ def parse_head(data: bytes, limits: Limits = Limits()) -> Request:
     return Request(method, target, version, Headers(fields))
 
 
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    body = bytearray()
+class _Sink:
+    """Collects a body in memory, moving it to an unnamed temp file past ``limits.spool_bytes``."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.mem = bytearray()
+        self.file: IO[bytes] | None = None
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limits.max_body_bytes:
+            raise BadRequest(413, "request body too large")
+        if self.file is None and self.size > self.limits.spool_bytes:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the Request
+            self.file.write(self.mem)
+            self.mem = bytearray()
+        if self.file is not None:
+            self.file.write(data)
+        else:
+            self.mem += data
+
+    def into(self, req: Request) -> None:
+        if self.file is not None:
+            req.spool = self.file
+        else:
+            req.body = bytes(self.mem)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, sink: _Sink) -> None:
     while True:
         line = await reader.readuntil(b"\r\n")
         size_text = line[:-2].split(b";", 1)[0].strip()
@@ -249,17 +288,21 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
         if size == 0:
             while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailer fields, ignored
                 pass
-            return bytes(body)
-        if len(body) + size > limit:
+            return
+        if sink.size + size > sink.limits.max_body_bytes:
             raise BadRequest(413, "request body too large")
-        body += await reader.readexactly(size)
+        while size:
+            part = await reader.readexactly(min(size, 1 << 20))
+            sink.add(part)
+            size -= len(part)
         if await reader.readexactly(2) != b"\r\n":
             raise BadRequest(400, "malformed chunk terminator")
 
 
 async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    req: Request, limits: Limits) -> bytes:
-    """Read the body framed by Transfer-Encoding or Content-Length (RFC 9112 §6.3)."""
+                    req: Request, limits: Limits) -> None:
+    """Read the body framed by Transfer-Encoding or Content-Length (RFC 9112 §6.3) into
+    ``req.body``, or into ``req.spool`` when it is larger than ``limits.spool_bytes``."""
     te = req.headers.tokens("transfer-encoding")
     cl_values = req.headers.get_all("content-length")
     if te:
@@ -268,18 +311,29 @@ async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         if cl_values:
             raise BadRequest(400, "both Content-Length and Transfer-Encoding")
         await _continue(writer, req)
-        return await _read_chunked(reader, limits.max_body_bytes)
+        sink = _Sink(limits)
+        await _read_chunked(reader, sink)
+        sink.into(req)
+        return
     if not cl_values:
-        return b""
+        return
     if len(set(cl_values)) != 1 or not cl_values[0].isdigit():
         raise BadRequest(400, "malformed Content-Length")
     length = int(cl_values[0])
     if length > limits.max_body_bytes:
         raise BadRequest(413, "request body too large")
     if length == 0:
-        return b""
+        return
     await _continue(writer, req)
-    return await reader.readexactly(length)
+    if length <= limits.spool_bytes:
+        req.body = await reader.readexactly(length)
+        return
+    sink = _Sink(limits)
+    while length:
+        part = await reader.readexactly(min(length, 1 << 20))
+        sink.add(part)
+        length -= len(part)
+    sink.into(req)
 
 
 async def _continue(writer: asyncio.StreamWriter, req: Request) -> None:
@@ -347,7 +401,7 @@ class HTTPServer:
                 return
             try:
                 req = parse_head(head, self.limits)
-                req.body = await read_body(reader, writer, req, self.limits)
+                await read_body(reader, writer, req, self.limits)
             except BadRequest as e:
                 await self._write_error(writer, e)
                 return
@@ -360,6 +414,9 @@ class HTTPServer:
                 log.exception("unhandled error in %s %s", req.method, req.path)
                 resp = Response(500, [("Content-Type", "application/json")],
                                 b'{"message":"internal server error"}\n')
+            finally:
+                if req.spool is not None:
+                    req.spool.close()
             keep = await self._write_response(writer, req, resp)
             if resp.hijack is not None:
                 await resp.hijack(reader, writer)
