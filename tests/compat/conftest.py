@@ -89,6 +89,30 @@ def stop_ketchd(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
+def seed_busybox(root: Path) -> None:
+    """Put the bootstrap busybox image (busybox:latest) into a data root before ketchd starts."""
+    from ketch.content.local import LocalContentStore
+    from ketch.image.bootstrap import bootstrap_busybox
+    from ketch.image.store import ImageStore
+
+    content = LocalContentStore(root / "data" / "content")
+    bootstrap_busybox(ImageStore(str(root / "data" / "images"), content), content)
+
+
+@pytest.fixture(scope="module")
+def ketchd_busybox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
+    """A private ketchd whose image store already holds busybox:latest."""
+    root = tmp_path_factory.mktemp("ketchd")
+    seed_busybox(root)
+    d = start_ketchd(root)
+    try:
+        yield d
+    finally:
+        d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
+        stop_ketchd(d.proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def ketchd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
     root = tmp_path_factory.mktemp("ketchd")

@@ -64,9 +64,21 @@ def test_keep_alive_rules() -> None:
 # -- a server on a private unix socket --------------------------------------------
 
 
+_CLOSED = asyncio.Event()
+
+
 async def _app(req: Request) -> Response:
     if req.path == "/echo":
         return Response(200, [("Content-Type", "application/octet-stream")], req.body)
+    if req.path == "/forever":
+        async def endless() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"tick;"
+                    await asyncio.sleep(3600)  # nothing more to say for a long time
+            finally:
+                _CLOSED.set()
+        return Response(200, [("Content-Type", "text/plain")], endless())
     if req.path == "/echo-io":
         spooled = b"spooled" if req.spool is not None else b"memory"
         return Response(200, [("X-Body", spooled.decode())], req.body_io().read())
@@ -226,6 +238,17 @@ def test_large_bodies_are_spooled_to_a_file_and_read_whole(chunked: bool) -> Non
             assert headers["x-body"] == ("spooled" if body is payload else "memory")
         await _close(w)
     _run(t, Limits(spool_bytes=4096))
+
+
+def test_a_client_hanging_up_ends_an_idle_streamed_body() -> None:
+    async def t(path: str) -> None:
+        _CLOSED.clear()
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b"GET /forever HTTP/1.1\r\n\r\n")
+        await r.readuntil(b"tick;")
+        await _close(w)
+        await asyncio.wait_for(_CLOSED.wait(), 2)  # not after the hour-long sleep
+    _run(t)
 
 
 def test_unhandled_error_is_500_and_connection_survives() -> None:

@@ -184,6 +184,8 @@ def upgrade_response(request: Request, hijack: Hijacker, *,
     return Response(200, headers, hijack=hijack)
 
 
+_HANGUP_POLL = 0.25  # seconds between checks for a client gone during a streamed body
+
 _REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
 _REASONS[101] = "UPGRADED"  # what dockerd writes; clients only look at the code
 
@@ -358,6 +360,11 @@ class HTTPServer:
         return await asyncio.start_unix_server(self.serve, path=path,
                                                limit=self.limits.max_header_bytes)
 
+    async def start_tcp(self, host: str, port: int, ssl: Any) -> asyncio.Server:
+        """Listen on TCP with ``ssl`` (an ``ssl.SSLContext`` that verifies client certs)."""
+        return await asyncio.start_server(self.serve, host, port, ssl=ssl,
+                                          limit=self.limits.max_header_bytes)
+
     async def close_connections(self, timeout: float = 5.0) -> None:
         """Close every open connection (idle keep-alives, streams, hijacked sockets).
 
@@ -417,7 +424,7 @@ class HTTPServer:
             finally:
                 if req.spool is not None:
                     req.spool.close()
-            keep = await self._write_response(writer, req, resp)
+            keep = await self._write_response(reader, writer, req, resp)
             if resp.hijack is not None:
                 await resp.hijack(reader, writer)
                 return
@@ -442,7 +449,8 @@ class HTTPServer:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
 
-    async def _write_response(self, writer: asyncio.StreamWriter, req: Request,
+    async def _write_response(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter, req: Request,
                               resp: Response) -> bool:
         """Write ``resp``; True when the connection may carry another request."""
         keep = req.keep_alive and resp.hijack is None
@@ -475,7 +483,7 @@ class HTTPServer:
         if no_body:
             await _aclose(body)
             return keep
-        try:
+        async def send() -> None:
             async for chunk in body:
                 if not chunk:
                     continue
@@ -484,7 +492,26 @@ class HTTPServer:
                 else:
                     writer.write(chunk)
                 await writer.drain()
+
+        sender = asyncio.get_running_loop().create_task(send())
+        try:
+            # A client that hangs up ends the stream (logs -f, events, stats) at once,
+            # not at the next write: poll for EOF while the body produces.
+            while True:
+                done, _ = await asyncio.wait({sender}, timeout=_HANGUP_POLL)
+                if done:
+                    sender.result()
+                    break
+                if reader.at_eof() or writer.is_closing():
+                    sender.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sender
+                    raise ConnectionResetError("client went away during a streamed body")
         finally:
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(BaseException):
+                    await sender
             await _aclose(body)
         if chunked:
             writer.write(b"0\r\n\r\n")

@@ -14,7 +14,9 @@ Every response carries ``Api-Version`` and ``Ostype``, as dockerd's do.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,6 +25,13 @@ from ketch.api.http import Handler, Request, Response
 from ketch.api.httpstatus import error_response, json_response
 
 __all__ = ["Route", "Router"]
+
+log = logging.getLogger(__name__)
+
+
+def _debug() -> bool:
+    return log.isEnabledFor(logging.DEBUG)
+
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path))?\}")
 
@@ -76,6 +85,7 @@ class Router:
         return None
 
     async def __call__(self, request: Request) -> Response:
+        t0 = time.perf_counter() if _debug() else 0.0
         try:
             requested, path = version.split_path(request.path)
             request.api_version = version.check(requested)
@@ -89,4 +99,7 @@ class Router:
             resp = error_response(e)
         resp.headers.append(("Api-Version", version.CURRENT))
         resp.headers.append(("Ostype", "linux"))
+        if t0:
+            log.debug("%s %s -> %d in %.1f ms", request.method, request.target, resp.status,
+                      (time.perf_counter() - t0) * 1000)
         return resp

@@ -11,14 +11,20 @@ import argparse
 import asyncio
 import contextlib
 import grp
+import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import ketch
+
+if TYPE_CHECKING:
+    from ketch.engine.supervisor import ZygoteHandle
 
 __all__ = ["main"]
 
@@ -37,33 +43,125 @@ def _parser() -> argparse.ArgumentParser:
                                 "(serves the Docker Engine API)")
     p.add_argument("-H", "--host", action="append", default=None,
                    help=f"daemon socket to listen on (default {DEFAULT_HOST}); repeatable")
-    p.add_argument("--data-root", default="/var/lib/ketch", help="root of persistent state")
-    p.add_argument("--exec-root", default="/run/ketch", help="root of runtime state")
-    p.add_argument("-p", "--pidfile", default="/run/ketchd.pid", help="path of the pid file")
-    p.add_argument("-l", "--log-level", default="info",
+    p.add_argument("--data-root", default=None,
+                   help="root of persistent state (default /var/lib/ketch)")
+    p.add_argument("--exec-root", default=None, help="root of runtime state (default /run/ketch)")
+    p.add_argument("-p", "--pidfile", default=None,
+                   help="path of the pid file (default /run/ketchd.pid)")
+    p.add_argument("-l", "--log-level", default=None,
                    choices=["debug", "info", "warn", "error", "fatal"])
     p.add_argument("-G", "--group", default=None,
                    help=f"group owning the unix socket (default {DEFAULT_GROUP!r} if it exists)")
+    p.add_argument("--config-file", default=None,
+                   help="daemon configuration file (JSON; default /etc/ketch/daemon.json "
+                        "if it exists); flags win over it")
+    p.add_argument("--default-runtime", default=None,
+                   help="runtime for containers that name none (ketch, runc, crun, or one "
+                        "added with --add-runtime)")
+    p.add_argument("--add-runtime", action="append", default=None, metavar="NAME=PATH",
+                   help="register a runc-compatible runtime binary")
+    p.add_argument("--live-restore", action="store_true", default=None,
+                   help="keep containers running while the daemon is down")
+    p.add_argument("--tlsverify", action="store_true", default=None,
+                   help="TCP: require TLS with client certificates signed by --tlscacert")
+    p.add_argument("--tlscacert", default=None, help="CA certificate for client certificates")
+    p.add_argument("--tlscert", default=None, help="server certificate")
+    p.add_argument("--tlskey", default=None, help="server key")
     p.add_argument("-v", "--version", action="version",
                    version=f"ketchd version {ketch.__version__}")
     return p
 
 
-def _unix_paths(hosts: list[str]) -> list[str]:
-    paths = []
+_CONFIG_KEYS = {"hosts", "data-root", "exec-root", "pidfile", "log-level", "group",
+                "default-runtime", "runtimes", "live-restore", "tlsverify", "tlscacert",
+                "tlscert", "tlskey", "log-driver", "log-opts"}
+
+
+def _load_config(args: argparse.Namespace) -> dict[str, object]:
+    """Merge the JSON config file under the flags (a flag given wins, like dockerd)."""
+    path = args.config_file
+    if path is None and os.path.exists("/etc/ketch/daemon.json"):
+        path = "/etc/ketch/daemon.json"
+    conf: dict[str, object] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                loaded = json.load(f)
+        except OSError as e:
+            raise StartupError(f"cannot read config file {path}: {e.strerror}") from None
+        except ValueError as e:
+            raise StartupError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(loaded, dict):
+            raise StartupError(f"config file {path}: the top level must be a JSON object")
+        unknown = sorted(set(loaded) - _CONFIG_KEYS)
+        if unknown:
+            raise StartupError(f"config file {path}: unknown directive {unknown[0]!r}")
+        conf = loaded
+    defaults = {"data_root": "/var/lib/ketch", "exec_root": "/run/ketch",
+                "pidfile": "/run/ketchd.pid", "log_level": "info"}
+    for key in ("data-root", "exec-root", "pidfile", "log-level", "group", "default-runtime",
+                "tlscacert", "tlscert", "tlskey"):
+        attr = key.replace("-", "_")
+        if getattr(args, attr) is None:
+            setattr(args, attr, conf.get(key, defaults.get(attr)))
+    for key in ("live-restore", "tlsverify"):
+        attr = key.replace("-", "_")
+        if getattr(args, attr) is None:
+            setattr(args, attr, bool(conf.get(key, False)))
+    if args.host is None:
+        hosts = conf.get("hosts")
+        args.host = list(hosts) if isinstance(hosts, list) else None
+    runtimes: dict[str, str] = {}
+    conf_rt = conf.get("runtimes") or {}
+    if isinstance(conf_rt, dict):
+        for name, v in conf_rt.items():
+            runtimes[name] = str(v.get("path") if isinstance(v, dict) else v)
+    for item in args.add_runtime or []:
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise StartupError(f"--add-runtime {item!r}: expected NAME=PATH")
+        runtimes[name] = path
+    args.runtimes = runtimes
+    args.log_driver = conf.get("log-driver") or "json-file"
+    args.log_opts = conf.get("log-opts") or {}
+    return conf
+
+
+def _listeners(hosts: list[str], args: argparse.Namespace) -> tuple[list[str],
+                                                                    list[tuple[str, int]]]:
+    paths: list[str] = []
+    tcp: list[tuple[str, int]] = []
     for h in hosts:
         if h.startswith("unix://"):
             path = h[len("unix://"):]
             if not path.startswith("/"):
                 raise StartupError(f"invalid host {h!r}: the unix socket path must be absolute")
             paths.append(path)
-        elif h.startswith(("tcp://", "fd://", "ssh://")) or "://" not in h:
-            raise StartupError(
-                f"cannot listen on {h!r}: only unix:// sockets are supported for now "
-                "(TCP needs --tlsverify with certificates, which ketchd does not do yet)")
+        elif h.startswith("tcp://"):
+            if not (args.tlsverify and args.tlscacert and args.tlscert and args.tlskey):
+                raise StartupError(f"refusing to listen on {h!r} without TLS: give --tlsverify "
+                                   "--tlscacert --tlscert --tlskey (client certificates are "
+                                   "required)")
+            hostport = h[len("tcp://"):].rstrip("/")
+            host, sep, port = hostport.rpartition(":")
+            if not sep or not port.isdigit():
+                raise StartupError(f"invalid host {h!r}: expected tcp://HOST:PORT")
+            tcp.append((host.strip("[]") or "0.0.0.0", int(port)))
         else:
-            raise StartupError(f"invalid host {h!r}")
-    return paths
+            raise StartupError(f"invalid host {h!r}: use unix:///path or tcp://host:port")
+    return paths, tcp
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(args.tlscert, args.tlskey)
+        ctx.load_verify_locations(args.tlscacert)
+    except (OSError, ssl.SSLError) as e:
+        raise StartupError(f"cannot load TLS certificates: {e}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def _socket_gid(group: str | None) -> int:
@@ -112,13 +210,14 @@ def _write_pidfile(path: str) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(args: argparse.Namespace, started: float) -> None:
+async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle | None) -> None:
     from ketch.api.http import HTTPServer
     from ketch.api.router import Router
     from ketch.api.routers import all_routes
     from ketch.engine.engine import Engine, EngineConfig
 
-    paths = _unix_paths(args.host or [DEFAULT_HOST])
+    paths, tcp = _listeners(args.host or [DEFAULT_HOST], args)
+    tls = _tls_context(args) if tcp else None
     gid = _socket_gid(args.group)
     for d in (args.data_root, args.exec_root):
         os.makedirs(d, mode=0o711, exist_ok=True)
@@ -133,8 +232,12 @@ async def _serve(args: argparse.Namespace, started: float) -> None:
     http: HTTPServer | None = None
     engine: Engine | None = None
     try:
-        engine = Engine(EngineConfig(data_root=args.data_root, exec_root=args.exec_root,
-                                     debug=args.log_level == "debug"))
+        engine = Engine(EngineConfig(
+            data_root=args.data_root, exec_root=args.exec_root,
+            default_runtime=args.default_runtime or "ketch", runtimes=args.runtimes,
+            live_restore=args.live_restore, debug=args.log_level == "debug",
+            log_driver=args.log_driver, log_opts=dict(args.log_opts)), zygote)
+        await engine.start()
         router = Router(all_routes(engine))
         http = HTTPServer(router, server_header=f"ketch/{ketch.__version__} (linux)")
         for path in paths:
@@ -150,6 +253,10 @@ async def _serve(args: argparse.Namespace, started: float) -> None:
                 os.chown(path, 0, gid)
             os.chmod(path, 0o660)
             log.info("API listen on %s", path)
+        for host, port in tcp:
+            servers.append(await http.start_tcp(host, port, tls))
+            log.info("API listen on tcp://%s:%d (TLS, client certificates required)", host,
+                     port)
         log.info("ketchd %s ready in %.1f ms", ketch.__version__,
                  (time.monotonic() - started) * 1000)
         await stop.wait()
@@ -157,6 +264,9 @@ async def _serve(args: argparse.Namespace, started: float) -> None:
     finally:
         for s in servers:
             s.close()
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                await engine.shutdown()
         if http is not None:
             await http.close_connections()
         for s in servers:
@@ -174,16 +284,26 @@ async def _serve(args: argparse.Namespace, started: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     args = _parser().parse_args(argv)
-    level = {"warn": "WARNING", "fatal": "CRITICAL"}.get(args.log_level, args.log_level.upper())
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    zygote = None
     try:
-        asyncio.run(_serve(args, started))
+        _load_config(args)
+        level = {"warn": "WARNING", "fatal": "CRITICAL"}.get(args.log_level,
+                                                             str(args.log_level).upper())
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The supervisors' fork server is forked now, while this process has one thread.
+        from ketch.engine.supervisor import start_zygote
+
+        zygote = start_zygote()
+        asyncio.run(_serve(args, started, zygote))
     except StartupError as e:
         print(f"ketchd: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # a second ^C during shutdown
         sys.exit(130)
+    finally:
+        if zygote is not None:
+            zygote.close()
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ketch.content.local import LocalContentStore
 from ketch.engine.events import EventBus
+from ketch.engine.images import ImageService
 from ketch.engine.system import System
+from ketch.engine.volumes import VolumeService
 from ketch.image.store import ImageStore
 from ketch.snapshot import Snapshotter
+
+if TYPE_CHECKING:
+    from ketch.engine.supervisor import ZygoteHandle
 
 __all__ = ["Engine", "EngineConfig"]
 
@@ -58,7 +64,8 @@ def _snapshotter(root: str) -> Snapshotter:
 class Engine:
     """Stores and services of one daemon instance."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, zygote: ZygoteHandle | None = None) -> None:
+        """``zygote``: the supervisors' fork server (None: containers cannot start)."""
         self.config = config
         data, exe = config.data_root, config.exec_root
         for d in (data, exe):
@@ -69,6 +76,33 @@ class Engine:
         self.image_store = ImageStore(os.path.join(data, "images"), self.content)
         self.system = System(data_root=data, exec_root=exe, debug=config.debug)
         # --- services (one line each; keep this block additive) ---
+        self.images = ImageService(self.image_store, self.content, self.snapshotter, self.events)
+        self.volumes = VolumeService(os.path.join(data, "volumes"), self.events)
+
+        self._containers(zygote)
+
+    def _containers(self, zygote: ZygoteHandle | None) -> None:
+        from ketch.engine.containers.exec import ExecService
+        from ketch.engine.containers.service import ContainerService
+        from ketch.engine.containers.store import ContainerStore
+
+        self.containers = ContainerService(
+            config=self.config,
+            store=ContainerStore(os.path.join(self.config.data_root, "containers")),
+            image_store=self.image_store, content=self.content, snapshotter=self.snapshotter,
+            events=self.events, volumes=getattr(self, "volumes", None), zygote=zygote)
+        self.execs = ExecService(self.containers)
+        images = getattr(self, "images", None)
+        if images is not None:
+            images.in_use = self.containers.in_use
+
+    async def start(self) -> None:
+        """Reconnect to running containers and apply restart policies (daemon start)."""
+        await self.containers.restore()
+
+    async def shutdown(self) -> None:
+        """Daemon stop: containers stop unless live-restore keeps them running."""
+        await self.containers.shutdown()
 
     def close(self) -> None:
         """Stop background work; running containers are left to their supervisors."""

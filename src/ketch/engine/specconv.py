@@ -59,7 +59,8 @@ from ketch.runtime.rootfs import secure_join
 from ketch.runtime.seccomp_default import default_profile
 from ketch.sys.caps import CAPS
 
-__all__ = ["DEFAULT_CAPABILITIES", "Converted", "sort_mounts", "to_oci_spec"]
+__all__ = ["DEFAULT_CAPABILITIES", "Converted", "oci_resources", "process_user", "sort_mounts",
+           "to_oci_spec"]
 
 DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
@@ -781,3 +782,14 @@ def _user_mounts(create: Mapping[str, Any], hc: Mapping[str, Any], image: Mappin
                 volumes.append({"name": None, "destination": dest, "read_only": False,
                                 "options": []})
     return mounts, volumes
+
+
+def process_user(user: str, rootfs: str, group_add: Sequence[str] = ()) -> dict[str, Any]:
+    """The OCI ``process.user`` for Docker's ``user[:group]`` text, names looked up in
+    ``rootfs`` (what ``exec -u`` needs)."""
+    return _user({"User": user}, {}, {"GroupAdd": list(group_add)}, rootfs)
+
+
+def oci_resources(host_config: Mapping[str, Any]) -> dict[str, Any]:
+    """OCI ``linux.resources`` for the resource fields of a HostConfig (``docker update``)."""
+    return _resources(host_config)

@@ -16,8 +16,20 @@ __all__ = ["all_routes"]
 
 
 def all_routes(engine: Engine) -> list[Route]:
+    from ketch.api.routers.events import EventsRouter
+    from ketch.api.routers.images import ImagesRouter
     from ketch.api.routers.system import SystemRouter
+    from ketch.api.routers.volumes import VolumesRouter
 
     routes = list(SystemRouter(engine.system).routes())
     # --- routers (one line each; keep this block additive) ---
+    routes += ImagesRouter(engine.images).routes()
+    routes += EventsRouter(engine.events).routes()
+    routes += VolumesRouter(engine.volumes).routes()
+    from ketch.api.routers.containers import ContainersRouter
+
+    routes += ContainersRouter(engine.containers, engine.execs).routes()
+    from ketch.api.routers.archive import ArchiveRouter
+
+    routes += ArchiveRouter(engine.containers, getattr(engine, "images", None)).routes()
     return routes

@@ -1,0 +1,639 @@
+"""The container service: create, start, stop, kill, wait, remove ... on one host.
+
+Runs on the daemon's event loop; blocking work (mounts, unpacking, the runtime's
+CLI) goes to threads. Per container, one ``asyncio.Lock`` orders lifecycle
+operations. A started container has a supervisor (``ketch.engine.supervisor``):
+it holds the container's stdio and log and reports its exit; the service keeps
+one monitor task per running container that awaits that report, records it and
+applies the restart policy.
+
+State on disk (``<data-root>/containers/<id>/``): ``config.v2.json`` (the record,
+replaced atomically), the json-file log, and the hostname/hosts/resolv.conf files
+bind-mounted into the container. Per boot (``<exec-root>/c/<id[:20]>/``): the OCI
+bundle (``config.json``), the mounted rootfs, and the supervisor's state dir.
+
+Daemon restart: ``restore()`` reconnects to the supervisors of containers that
+were running (they never depended on the daemon), records the exits that happened
+meanwhile (``exit.json``), and starts containers whose restart policy asks for it.
+Without ``live_restore`` a graceful daemon shutdown stops running containers first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ketch.engine.containers import createbody, recovery, setup
+from ketch.engine.containers.lifecycle import RestartBackoff, parse_signal, should_restart
+from ketch.engine.containers.model import Container, State, now_rfc3339, parse_rfc3339
+from ketch.engine.containers.names import random_name
+from ketch.engine.containers.store import ContainerStore, validate_name
+from ketch.engine.specconv import Converted, oci_resources
+from ketch.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotModified,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from ketch.content import ContentStore
+    from ketch.engine.engine import EngineConfig
+    from ketch.engine.events import EventBus
+    from ketch.engine.supervisor import SupervisorClient, ZygoteHandle
+    from ketch.engine.volumes import VolumeService
+    from ketch.image.store import ImageStore
+    from ketch.runtime.oci_runtime import OCIRuntime
+    from ketch.snapshot import Snapshotter
+
+__all__ = ["ContainerService"]
+
+log = logging.getLogger(__name__)
+
+_ETC_FILES = ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts")
+_INIT_CANDIDATES = ("docker-init", "tini-static", "tini")
+
+
+class _Live:
+    """In-memory facts of a container this daemon runs: its supervisor and monitor."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.sup: SupervisorClient | None = None
+        self.sup_ready = asyncio.Event()  # a supervisor exists (attach can connect)
+        self.attaching = 0  # attach requests waiting for the supervisor
+        self.attached = asyncio.Event()
+        self.monitor: asyncio.Task[None] | None = None
+        self.exits: list[asyncio.Future[dict[str, Any]]] = []  # next-exit waiters
+        self.removed: list[asyncio.Future[dict[str, Any]]] = []
+        self.backoff = RestartBackoff()
+        self.restart_task: asyncio.Task[None] | None = None
+        self.health_task: asyncio.Task[None] | None = None
+        self.stopping = False
+
+
+class ContainerService:
+    def __init__(self, *, config: EngineConfig, store: ContainerStore, image_store: ImageStore,
+                 content: ContentStore, snapshotter: Snapshotter, events: EventBus,
+                 volumes: VolumeService | None, zygote: ZygoteHandle | None) -> None:
+        self.config = config
+        self.store = store
+        self.image_store = image_store
+        self.content = content
+        self.snapshotter = snapshotter
+        self.events = events
+        self.volumes = volumes
+        self.zygote = zygote
+        self.live_all: dict[str, _Live] = {}
+        self._runtimes: dict[str, OCIRuntime] = {}
+        self.closing = False
+
+    # ---- helpers -----------------------------------------------------------------
+
+    def live(self, cid: str) -> _Live:
+        lv = self.live_all.get(cid)
+        if lv is None:
+            lv = self.live_all[cid] = _Live()
+        return lv
+
+    def get(self, ref: str) -> Container:
+        return self.store.get(ref)
+
+    def bundle_dir(self, c: Container) -> str:
+        return os.path.join(self.config.exec_root, "c", c.id[:20])
+
+    def rootfs_dir(self, c: Container) -> str:
+        return os.path.join(self.bundle_dir(c), "rootfs")
+
+    def runtime_names(self) -> list[str]:
+        names = ["ketch", *self.config.runtimes]
+        for n in ("runc", "crun"):
+            if n not in names and shutil.which(n):
+                names.append(n)
+        return names
+
+    def runtime_desc(self, name: str) -> dict[str, Any]:
+        root = os.path.join(self.config.exec_root, "runtime", name)
+        if name == "ketch":
+            return {"name": "ketch", "root": root}
+        path = self.config.runtimes.get(name) or (shutil.which(name) if name in ("runc", "crun")
+                                                  else None)
+        if not path:
+            raise InvalidArgument(f"unknown or invalid runtime name: {name}")
+        return {"name": name, "path": path, "root": root}
+
+    def runtime(self, name: str) -> OCIRuntime:
+        rt = self._runtimes.get(name)
+        if rt is None:
+            from ketch.engine.supervisor import make_runtime
+
+            rt = self._runtimes[name] = make_runtime(self.runtime_desc(name))
+        return rt
+
+    def _event(self, c: Container, action: str, **extra: str) -> None:
+        attrs = dict(c.config.get("Labels") or {})
+        attrs.update(image=c.image_name, name=c.name.lstrip("/"))
+        attrs.update(extra)
+        self.events.publish("container", action, c.id, attrs)
+
+    def save(self, c: Container) -> None:
+        self.store.save(c)
+
+    def in_use(self, image_id: str) -> list[str]:
+        """IDs of containers created from ``image_id`` (the image service's rmi check)."""
+        return [c.id for c in self.store.all() if c.image_id == image_id]
+
+    # ---- create ------------------------------------------------------------------
+
+    async def create(self, name: str | None, body: Any) -> dict[str, Any]:
+        body = createbody.check_body(body)
+        hc = dict(body.get("HostConfig") or {})
+        image_ref = body["Image"]
+        image = await asyncio.to_thread(self.image_store.get, image_ref)
+        full_cfg = await asyncio.to_thread(self.image_store.config, image)
+        image_cfg: dict[str, Any] = dict(full_cfg.get("config") or {})
+        mode, warnings = createbody.network_mode(hc)
+        hc["NetworkMode"] = mode
+        hc["RestartPolicy"] = createbody.restart_policy(hc)
+        runtime = hc.get("Runtime") or self.config.default_runtime
+        self.runtime_desc(runtime)  # unknown runtime: 400 now, not at start
+        hc["Runtime"] = runtime
+        log_cfg = hc.get("LogConfig") or {}
+        if not log_cfg.get("Type"):
+            log_cfg = {"Type": self.config.log_driver, "Config": dict(self.config.log_opts)}
+        if log_cfg["Type"] not in ("json-file", "none", "local"):
+            raise InvalidArgument(f"logger: no log driver named '{log_cfg['Type']}' is "
+                                  "registered")
+        hc["LogConfig"] = {"Type": log_cfg["Type"], "Config": dict(log_cfg.get("Config") or {})}
+        cfg = createbody.merge_image_config(body, image_cfg)
+        argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+        if not argv:
+            raise InvalidArgument("no command specified")
+        cid = secrets.token_hex(32)
+        cname = validate_name(name) if name else random_name(self.store.name_taken)
+        c = Container(id=cid, name=cname, created=now_rfc3339(), image_id=image.id,
+                      image_name=image_ref, config=cfg, host_config=hc, path=argv[0],
+                      args=argv[1:], runtime=runtime,
+                      networking_config=dict(body.get("NetworkingConfig") or {}))
+        if c.config.get("Hostname") == "" and mode != "host":
+            c.config["Hostname"] = cid[:12]
+        # Every HostConfig check specconv knows, before anything exists.
+        conv = setup.convert(self, c, "/nonexistent", image_cfg, dry=True)
+        self.store.reserve(c)
+        d = self.store.dir(cid)
+        try:
+            os.makedirs(d, 0o710)
+            c.log_path = os.path.join(d, f"{cid}-json.log") \
+                if hc["LogConfig"]["Type"] != "none" else ""
+            c.snapshot_key = f"container-{cid}"
+            from ketch.image.unpack import prepare_rootfs
+
+            await asyncio.to_thread(prepare_rootfs, image, c.snapshot_key, self.content,
+                                    self.snapshotter, {"ketch.container": cid})
+            await asyncio.to_thread(self._create_volumes, c, conv)
+            self.save(c)
+        except BaseException:
+            await asyncio.to_thread(self._discard, c)
+            raise
+        self._event(c, "create")
+        return {"Id": cid, "Warnings": warnings}
+
+    def _create_volumes(self, c: Container, conv: Converted) -> None:
+        mounts = c.mounts  # filled as volumes are held, so a failure can release them
+        for m in conv.spec.get("mounts") or []:
+            if m.get("type") == "bind" and m["destination"] not in _ETC_FILES:
+                opts = m.get("options") or []
+                mounts.append({"Type": "bind", "Source": m["source"],
+                               "Destination": m["destination"], "Mode": "",
+                               "RW": "ro" not in opts, "Propagation": next(
+                                   (o for o in opts if o.endswith(("private", "shared", "slave"))),
+                                   "rprivate")})
+        for v in conv.volumes:
+            if self.volumes is None:
+                raise FailedPrecondition("volumes are not available in this daemon")
+            vol = self.volumes.create(v.get("name"), "local", {}, {})
+            name = vol["Name"]
+            if v.get("name") is None:
+                c.anonymous_volumes.append(name)
+            # Held from create to rm, as Docker does: a stopped container's volumes are in use.
+            path = self.volumes.acquire(name, c.id, attributes={"destination":
+                                                                v["destination"]})
+            mounts.append({"Type": "volume", "Name": name, "Source": path,
+                           "Destination": v["destination"], "Driver": "local", "Mode": "z",
+                           "RW": not v.get("read_only"), "Propagation": ""})
+
+    def _discard(self, c: Container) -> None:
+        """Undo a create that failed half-way (no record was saved)."""
+        with contextlib.suppress(NotFound, Conflict):
+            if c.snapshot_key:
+                self.snapshotter.remove(c.snapshot_key)
+        self._release_volumes(c, True)
+        self.store.drop(c)
+
+    def _release_volumes(self, c: Container, anonymous_too: bool) -> None:
+        if self.volumes is None:
+            return
+        for m in c.mounts:
+            if m["Type"] == "volume":
+                with contextlib.suppress(Exception):
+                    self.volumes.release(m["Name"], c.id)
+        if anonymous_too and c.anonymous_volumes:
+            try:
+                self.volumes.remove_anonymous_of(c.id, c.anonymous_volumes)
+            except Exception as e:
+                log.warning("anonymous volumes of %s kept: %s", c.short_id, e)
+
+    # ---- start -------------------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        c = self.get(ref)
+        lv = self.live(c.id)
+        async with lv.lock:
+            if c.state.status in ("running", "paused"):
+                raise NotModified("container already started")
+            if c.state.status in ("removing", "dead"):
+                raise Conflict(f"cannot start container {c.id}: it is being removed")
+            c.manually_stopped = False
+            await self.start_locked(c, lv)
+
+    async def start_locked(self, c: Container, lv: _Live) -> None:
+        from ketch.engine.supervisor import SpawnRequest, SupervisorClient
+
+        if self.zygote is None:
+            raise FailedPrecondition("this daemon cannot run containers (no supervisor)")
+        if self.closing:
+            raise Unavailable("the daemon is shutting down")
+        t0 = time.perf_counter()
+        bundle, _spec = await asyncio.to_thread(setup.prepare_start, self, c)
+        t1 = time.perf_counter()
+        lc = c.host_config.get("LogConfig") or {}
+        req = SpawnRequest(
+            id=c.id, bundle=bundle, state_dir=bundle,
+            runtime=self.runtime_desc(c.runtime),
+            open_stdin=bool(c.config.get("OpenStdin")),
+            stdin_once=bool(c.config.get("StdinOnce")),
+            log={"driver": "json-file" if c.log_path else "none", "path": c.log_path,
+                 "opts": dict(lc.get("Config") or {})})
+        for stale in ("exit.json", "sup.sock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(bundle, stale))
+        try:
+            res = await self.zygote.aspawn(req)
+        except BaseException as e:
+            await asyncio.to_thread(setup.unmount, self, c)
+            c.state.error = str(e)
+            c.state.exit_code = _exit_code_for(str(e))
+            self.save(c)
+            raise
+        t2 = time.perf_counter()
+        sup = SupervisorClient(bundle)
+        lv.sup = sup
+        lv.sup_ready.set()
+        if lv.attaching:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lv.attached.wait(), 5)
+        try:
+            await asyncio.to_thread(sup.start)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                self.runtime(c.runtime).kill(c.id, signal.SIGKILL)
+            lv.sup_ready.clear()
+            lv.sup = None
+            await asyncio.to_thread(setup.unmount, self, c)
+            c.state.error = str(e)
+            c.state.exit_code = _exit_code_for(str(e))
+            self.save(c)
+            raise
+        log.debug("start %s: prepare %.1f ms, create %.1f ms, start %.1f ms", c.short_id,
+                  (t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000)
+        c.state = State(status="running", pid=res.init_pid, started_at=now_rfc3339(),
+                        health={"Status": "starting", "FailingStreak": 0, "Log": []}
+                        if has_healthcheck(c) else None)
+        self.save(c)
+        self._event(c, "start")
+        lv.monitor = asyncio.get_running_loop().create_task(self.monitor_exit(c, lv, sup))
+        if has_healthcheck(c):
+            from ketch.engine.containers.health import run_health
+
+            lv.health_task = asyncio.get_running_loop().create_task(run_health(self, c, lv))
+
+    # ---- exit, restart -----------------------------------------------------------
+
+    async def monitor_exit(self, c: Container, lv: _Live, sup: SupervisorClient) -> None:
+        try:
+            ex = await sup.await_exit()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # supervisor vanished without a report
+            got: dict[str, Any] | None = await asyncio.to_thread(sup.read_exit)
+            ex = got or {
+                "exit_code": 137, "finished_at": now_rfc3339(), "oom_killed": False,
+                "error": f"supervisor lost: {e}"}
+        await self.on_exit(c, lv, ex)
+
+    async def on_exit(self, c: Container, lv: _Live, ex: Mapping[str, Any]) -> None:
+        if lv.health_task is not None:
+            lv.health_task.cancel()
+            lv.health_task = None
+        async with lv.lock:
+            if self.store.get(c.id) is not c:
+                return
+            ran = time.time() - parse_rfc3339(c.state.started_at)
+            c.state.status = "exited"
+            c.state.pid = 0
+            c.state.exit_code = int(ex.get("exit_code", 0))
+            c.state.finished_at = ex.get("finished_at") or now_rfc3339()
+            c.state.oom_killed = bool(ex.get("oom_killed"))
+            c.state.error = ex.get("error") or ""
+            if c.state.health is not None:
+                c.state.health["Status"] = "unhealthy" if c.state.health.get("Status") == \
+                    "unhealthy" else c.state.health.get("Status", "")
+            lv.sup = None
+            lv.sup_ready.clear()
+            lv.monitor = None
+            await asyncio.to_thread(setup.unmount, self, c)
+            restart = not self.closing and not lv.stopping and should_restart(
+                c.host_config.get("RestartPolicy") or {}, c.state.exit_code, c.restart_count,
+                c.manually_stopped)
+            if c.state.oom_killed:
+                self._event(c, "oom")
+            self._event(c, "die", exitCode=str(c.state.exit_code))
+            if restart:
+                c.state.status = "restarting"
+            self.save(c)
+            result = {"StatusCode": c.state.exit_code,
+                      "Error": {"Message": c.state.error} if c.state.error else None}
+            for fut in lv.exits:
+                if not fut.done():
+                    fut.set_result(result)
+            lv.exits.clear()
+        if restart:
+            delay = lv.backoff.next(ran)
+            lv.restart_task = asyncio.get_running_loop().create_task(
+                self._restart_later(c, lv, delay))
+        elif c.host_config.get("AutoRemove") and not self.closing:
+            with contextlib.suppress(NotFound, Conflict):
+                await self.remove(c.id, force=False, volumes=True)
+
+    async def _restart_later(self, c: Container, lv: _Live, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with lv.lock:
+            if self.store.get(c.id) is not c or c.state.status != "restarting" \
+                    or c.manually_stopped:
+                return
+            c.restart_count += 1
+            try:
+                await self.start_locked(c, lv)
+            except Exception as e:
+                log.warning("restart of %s failed: %s", c.short_id, e)
+                c.state.status = "exited"
+                self.save(c)
+                return
+
+    # ---- stop, kill, wait ----------------------------------------------------------
+
+    def _running(self, c: Container) -> None:
+        if c.state.status not in ("running", "paused"):
+            raise Conflict(f"container {c.id} is not running")
+
+    async def kill(self, ref: str, sig: str | int | None = None) -> None:
+        c = self.get(ref)
+        signum = parse_signal(sig, signal.SIGKILL)
+        if c.state.status == "restarting":
+            await self._cancel_restart(c)
+            return
+        if c.state.status not in ("running", "paused"):
+            raise Conflict(f"cannot kill container: {ref}: container {c.id} is not running")
+        if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            c.manually_stopped = True  # docker kill counts as a manual stop for restart
+            self.save(c)
+        await asyncio.to_thread(self.runtime(c.runtime).kill, c.id, signum)
+        self._event(c, "kill", signal=str(signum))
+
+    async def _cancel_restart(self, c: Container) -> None:
+        lv = self.live(c.id)
+        c.manually_stopped = True
+        if lv.restart_task is not None:
+            lv.restart_task.cancel()
+            lv.restart_task = None
+        async with lv.lock:
+            if c.state.status == "restarting":
+                c.state.status = "exited"
+            self.save(c)
+
+    async def stop(self, ref: str, sig: str | None = None, timeout: int | None = None) -> None:
+        c = self.get(ref)
+        if c.state.status == "restarting":
+            await self._cancel_restart(c)
+            return
+        if c.state.status not in ("running", "paused"):
+            raise NotModified("container already stopped")
+        c.manually_stopped = True
+        self.save(c)
+        await self.stop_container(c, sig, timeout)
+        self._event(c, "stop")
+
+    async def stop_container(self, c: Container, sig: str | None, timeout: int | None) -> None:
+        lv = self.live(c.id)
+        signum = parse_signal(sig or c.config.get("StopSignal"), signal.SIGTERM)
+        if timeout is None:
+            timeout = c.config.get("StopTimeout")
+        if timeout is None:
+            timeout = 10
+        rt = self.runtime(c.runtime)
+        waiter = self._exit_future(c)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rt.kill, c.id, signum)
+            self._event(c, "kill", signal=str(signum))
+        if c.state.status == "paused":
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(rt.resume, c.id)
+        if timeout >= 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                return
+        if waiter.done():
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rt.kill, c.id, signal.SIGKILL)
+            self._event(c, "kill", signal=str(int(signal.SIGKILL)))
+        if lv.monitor is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), 15)
+
+    def _exit_future(self, c: Container) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        lv = self.live(c.id)
+        if lv.monitor is None and c.state.status not in ("running", "paused"):
+            fut.set_result({"StatusCode": c.state.exit_code, "Error": None})
+        else:
+            lv.exits.append(fut)
+        return fut
+
+    async def wait(self, ref: str, condition: str = "not-running") -> dict[str, Any]:
+        """Docker's wait: ``not-running`` (default), ``next-exit`` or ``removed``."""
+        c = self.get(ref)
+        lv = self.live(c.id)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]]
+        if condition in ("", "not-running"):
+            if c.state.status not in ("running", "paused", "restarting"):
+                return {"StatusCode": c.state.exit_code, "Error": None}
+            fut = loop.create_future()
+            lv.exits.append(fut)
+            return await fut
+        if condition == "next-exit":
+            fut = loop.create_future()
+            lv.exits.append(fut)
+            return await fut
+        if condition == "removed":
+            fut = loop.create_future()
+            lv.removed.append(fut)
+            return await fut
+        raise InvalidArgument(f"invalid condition: {condition!r}")
+
+    async def restart(self, ref: str, sig: str | None = None, timeout: int | None = None) -> None:
+        c = self.get(ref)
+        if c.state.status == "restarting":
+            await self._cancel_restart(c)
+        if c.state.status in ("running", "paused"):
+            c.manually_stopped = True
+            await self.stop_container(c, sig, timeout)
+        lv = self.live(c.id)
+        async with lv.lock:
+            c.manually_stopped = False
+            if c.state.status not in ("running", "paused"):
+                await self.start_locked(c, lv)
+        self._event(c, "restart")
+
+    # ---- pause, rename, update -----------------------------------------------------
+
+    async def pause(self, ref: str) -> None:
+        c = self.get(ref)
+        self._running(c)
+        if c.state.status == "paused":
+            raise Conflict(f"container {c.id} is already paused")
+        await asyncio.to_thread(self.runtime(c.runtime).pause, c.id)
+        c.state.status = "paused"
+        self.save(c)
+        self._event(c, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        c = self.get(ref)
+        if c.state.status != "paused":
+            raise Conflict(f"container {c.id} is not paused")
+        await asyncio.to_thread(self.runtime(c.runtime).resume, c.id)
+        c.state.status = "running"
+        self.save(c)
+        self._event(c, "unpause")
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        c = self.get(ref)
+        old = c.name
+        self.store.rename(c, new_name)
+        self.save(c)
+        self._event(c, "rename", oldName=old)
+
+    async def update(self, ref: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidArgument("update body must be a JSON object")
+        unknown = set(body) - createbody.HOST_CONFIG_FIELDS
+        if unknown:
+            raise InvalidArgument(f"unknown field {sorted(unknown)[0]!r} in update config")
+        c = self.get(ref)
+        hc = dict(c.host_config)
+        for k, v in body.items():
+            if k == "RestartPolicy":
+                continue
+            if v not in (None, 0, "", [], {}):
+                hc[k] = v
+        if body.get("RestartPolicy"):
+            if hc.get("AutoRemove"):
+                raise InvalidArgument("Restart policy cannot be updated because AutoRemove is "
+                                      "enabled for the container")
+            hc["RestartPolicy"] = createbody.restart_policy({"RestartPolicy":
+                                                             body["RestartPolicy"]})
+        resources = oci_resources(hc)
+        if c.state.status in ("running", "paused"):
+            await asyncio.to_thread(self.runtime(c.runtime).update, c.id, resources)
+        c.host_config = hc
+        self.save(c)
+        self._event(c, "update")
+        return {"Warnings": []}
+
+    # ---- remove ------------------------------------------------------------------
+
+    async def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        c = self.get(ref)
+        lv = self.live(c.id)
+        if c.state.status in ("running", "paused", "restarting"):
+            if not force:
+                state = "paused" if c.state.status == "paused" else "running"
+                raise Conflict(f"cannot remove container \"{c.name}\": container is {state}: "
+                               "stop the container before removing or force remove")
+            if c.state.status == "restarting":
+                await self._cancel_restart(c)
+            else:
+                c.manually_stopped = True
+                waiter = self._exit_future(c)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.runtime(c.runtime).kill, c.id, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, 15)
+        async with lv.lock:
+            if self.store.get(c.id) is not c:
+                raise NotFound(f"No such container: {ref}")
+            if c.state.status == "removing":
+                raise Conflict(f"removal of container {c.id} is already in progress")
+            c.state.status = "removing"
+            await asyncio.to_thread(self.remove_files, c, volumes)
+            self.live_all.pop(c.id, None)
+        self._event(c, "destroy")
+        for fut in lv.removed:
+            if not fut.done():
+                fut.set_result({"StatusCode": c.state.exit_code, "Error": None})
+
+    def remove_files(self, c: Container, volumes: bool) -> None:
+        setup.unmount(self, c)
+        with contextlib.suppress(Exception):
+            self.runtime(c.runtime).delete(c.id, force=True)
+        with contextlib.suppress(NotFound):
+            self.snapshotter.remove(c.snapshot_key)
+        shutil.rmtree(self.bundle_dir(c), ignore_errors=True)
+        self._release_volumes(c, volumes)
+        self.store.drop(c)
+
+    async def restore(self) -> None:
+        """See :func:`ketch.engine.containers.recovery.restore`."""
+        await recovery.restore(self)
+
+    async def shutdown(self) -> None:
+        """See :func:`ketch.engine.containers.recovery.shutdown`."""
+        await recovery.shutdown(self)
+
+
+def has_healthcheck(c: Container) -> bool:
+    hc = c.config.get("Healthcheck") or {}
+    test = hc.get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
+def _exit_code_for(message: str) -> int:
+    """What ``docker run`` exits with for a start error (its CLI reads the same phrases)."""
+    low = message.lower()
+    if "executable file not found" in low or "no such file or directory" in low:
+        return 127
+    if "permission denied" in low:
+        return 126
+    return 128

@@ -1,0 +1,163 @@
+"""Preparing a container's filesystem and OCI bundle for start, and undoing it.
+
+``prepare_start`` mounts the container's snapshot at ``<bundle>/rootfs``, binds its
+volumes (copying image content into empty ones), writes the hostname/hosts/
+resolv.conf files it bind-mounts and the bundle's ``config.json``. ``unmount``
+undoes the rootfs mount after the container exited (volumes stay held until the
+container is removed, as in Docker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ketch.engine.containers.model import Container
+from ketch.engine.specconv import Converted, sort_mounts, to_oci_spec
+from ketch.errors import FailedPrecondition, NotFound
+from ketch.runtime.state import atomic_write
+
+if TYPE_CHECKING:
+    from ketch.engine.containers.service import ContainerService
+
+__all__ = ["convert", "ensure_mounted", "prepare_start", "unmount"]
+
+_INIT_CANDIDATES = ("docker-init", "tini-static", "tini")
+
+
+def convert(svc: ContainerService, c: Container, rootfs: str, image_cfg: Mapping[str, Any], *,
+             dry: bool = False) -> Converted:
+    body = dict(c.config)
+    body["HostConfig"] = c.host_config
+    if dry:
+        body["User"] = ""  # names are looked up in the rootfs at start
+    d = svc.store.dir(c.id)
+    hc = c.host_config
+    uts_host = hc.get("UTSMode") == "host" or hc.get("NetworkMode") == "host"
+    cfg = {k: v for k, v in image_cfg.items()}
+    if dry:
+        cfg.pop("User", None)
+    from ketch.sys.cgroupfs import UNIFIED, detect_host
+
+    return to_oci_spec(
+        body, cfg, container_id=c.id, rootfs=rootfs,
+        hostname=None if uts_host else (c.config.get("Hostname") or c.id[:12]),
+        cgroup_parent=hc.get("CgroupParent") or "/ketch",
+        cgroup_v2=detect_host().mode == UNIFIED,
+        resolv_conf=os.path.join(d, "resolv.conf"), hosts=os.path.join(d, "hosts"),
+        hostname_file=None if uts_host else os.path.join(d, "hostname"))
+
+
+def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, Any]]:
+    """Mount the rootfs and volumes, write the bundle; returns (bundle, OCI spec)."""
+    from ketch.snapshot import mount_all
+
+    bundle = svc.bundle_dir(c)
+    rootfs = svc.rootfs_dir(c)
+    os.makedirs(rootfs, 0o711, exist_ok=True)
+    if not os.path.ismount(rootfs):
+        mount_all(svc.snapshotter.mounts(c.snapshot_key), rootfs)
+    try:
+        image_cfg = dict(svc.image_store.config(c.image_id).get("config") or {}) \
+            if image_exists(svc, c.image_id) else {}
+        write_etc(svc, c)
+        conv = convert(svc, c, rootfs, image_cfg)
+        spec = conv.spec
+        extra = volume_binds(svc, c, rootfs)
+        if conv.init:
+            init = next((p for p in map(shutil.which, _INIT_CANDIDATES) if p), None)
+            if init is None:
+                raise FailedPrecondition("--init: no init binary on this host (install "
+                                         "Debian's tini package)")
+            extra.append({"destination": "/sbin/docker-init", "type": "bind",
+                          "source": os.path.realpath(init),
+                          "options": ["rbind", "ro", "nosuid", "nodev"]})
+            spec["process"]["args"] = ["/sbin/docker-init", "--", *spec["process"]["args"]]
+        spec["mounts"] = sort_mounts([*spec.get("mounts", []), *extra])
+        atomic_write(os.path.join(bundle, "config.json"), json.dumps(spec).encode(), 0o600,
+                     sync=False)
+    except BaseException:
+        unmount(svc, c)
+        raise
+    return bundle, spec
+
+
+def image_exists(svc: ContainerService, image_id: str) -> bool:
+    try:
+        svc.image_store.get(image_id)
+    except NotFound:
+        return False
+    return True
+
+
+def volume_binds(svc: ContainerService, c: Container, rootfs: str) -> list[dict[str, Any]]:
+    out = []
+    for m in c.mounts:
+        if m["Type"] != "volume" or svc.volumes is None:
+            continue
+        path = svc.volumes.acquire(m["Name"], c.id)
+        src_dir = os.path.join(rootfs, m["Destination"].lstrip("/"))
+        with contextlib.suppress(OSError):
+            svc.volumes.copy_up(m["Name"], src_dir)
+        opts = ["rbind", "rprivate"] + ([] if m.get("RW", True) else ["ro"])
+        out.append({"destination": m["Destination"], "type": "bind", "source": path,
+                    "options": opts})
+    return out
+
+
+def write_etc(svc: ContainerService, c: Container) -> None:
+    d = svc.store.dir(c.id)
+    host_net = c.host_config.get("NetworkMode") == "host"
+    hostname = os.uname().nodename if host_net else (c.config.get("Hostname") or c.id[:12])
+    try:
+        with open("/etc/resolv.conf", "rb") as f:
+            resolv = f.read()
+    except OSError:
+        resolv = b""
+    if host_net:
+        try:
+            with open("/etc/hosts", "rb") as f:
+                hosts = f.read()
+        except OSError:
+            hosts = b"127.0.0.1\tlocalhost\n"
+    else:
+        hosts = (b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 b"fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
+                 b"ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+    for name, data in (("hostname", hostname.encode() + b"\n"), ("hosts", hosts),
+                       ("resolv.conf", resolv)):
+        atomic_write(os.path.join(d, name), data, 0o644, sync=False)
+    c.hostname_path = os.path.join(d, "hostname")
+    c.hosts_path = os.path.join(d, "hosts")
+    c.resolv_conf_path = os.path.join(d, "resolv.conf")
+
+
+def unmount(svc: ContainerService, c: Container) -> None:
+    """Unmount the container's rootfs (every layer stacked there)."""
+    from ketch.snapshot import unmount as umount
+
+    rootfs = svc.rootfs_dir(c)
+    while os.path.ismount(rootfs):
+        try:
+            umount(rootfs)
+        except OSError:
+            umount(rootfs, detach=True)
+
+
+def ensure_mounted(svc: ContainerService, c: Container) -> bool:
+    """Mount the container's rootfs if it is not (docker cp on a stopped container).
+
+    Returns True when this call mounted it (the caller unmounts when done).
+    """
+    from ketch.snapshot import mount_all
+
+    rootfs = svc.rootfs_dir(c)
+    if os.path.ismount(rootfs):
+        return False
+    os.makedirs(rootfs, 0o711, exist_ok=True)
+    mount_all(svc.snapshotter.mounts(c.snapshot_key), rootfs)
+    return True

@@ -1,0 +1,374 @@
+"""The supervisor: one per container, forked from the zygote, single-threaded.
+
+Lifecycle (the package doc has the wire protocol)::
+
+    main(req, report_fd)
+      setup      subreaper, stdio → /dev/null and sup.log, SIGTERM ignored
+      create     runtime.create in a helper child; pipes, or a pty via a console socket
+      report     sup.pid, init.pid, sup.sock listening; {"init_pid": n} to the daemon
+      serve      the epoll loop (ketch.engine.supervisor.loop): output → log + attach
+                 clients; requests; reaping
+      finish     init reaped → drain output (≤ 2 s) → close log → oom? → runtime.delete
+                 → exit.json → answer waits, close connections → remove sup.sock → exit
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, NoReturn
+
+from ketch.engine.supervisor.launch import (
+    LaunchIO,
+    cleanup_failed,
+    listen_unix,
+    run_isolated,
+    set_wakeup_fd,
+    setup_process,
+    unlink_quiet,
+)
+from ketch.engine.supervisor.loop import Conn, Exec, Loop, Sink
+from ketch.engine.supervisor.protocol import (
+    SpawnRequest,
+    error_to_wire,
+    exit_code_of,
+    validate_request,
+)
+from ketch.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from ketch.runtime.oci_runtime import OCIRuntime
+from ketch.runtime.state import atomic_write
+
+__all__ = ["Supervisor", "main"]
+
+DRAIN_CAP = 2.0          # seconds to read leftover output after a process exited
+FLUSH_CAP = 5.0          # seconds to hand buffered output to clients before exiting
+
+
+class Supervisor(Loop):
+    """One container's supervisor: its lifecycle and the control requests."""
+
+    def __init__(self, req: SpawnRequest, runtime: OCIRuntime) -> None:
+        super().__init__()
+        self.req, self.runtime, self.dir = req, runtime, req.state_dir
+        self.stdin_once = req.stdin_once
+        self.status = "created"
+        self.init_pid = 0
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.execs: dict[str, Exec] = {}
+        self.exec_pids: dict[int, Exec] = {}
+        self.exit_status: int | None = None
+        self.exit: dict[str, Any] | None = None
+        self.drain_until = self.flush_until = 0.0
+        self.finished = False
+        self.consoles = 0
+
+    def _io(self, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> LaunchIO:
+        self.consoles += 1
+        return LaunchIO(os.path.join(self.dir, f"con{self.consoles}.sock"), tty, stdin, stdout,
+                        stderr, self.devnull)
+
+    def _adopt(self, io: LaunchIO, ex: Exec | None) -> Sink | None:
+        for fd, stream in io.sources:
+            self.sources[fd] = (stream, ex)
+        if io.sink < 0:
+            return None
+        sink = self.sinks[io.sink] = Sink(io.sink, io.tty)
+        return sink
+
+    # ---- create -------------------------------------------------------------------------
+
+    def create(self) -> int:
+        """Open the log and create the container; returns the init's pid."""
+        req, rt = self.req, self.runtime
+        with open(os.path.join(req.bundle, "config.json"), "rb") as f:
+            self.tty = bool((json.load(f).get("process") or {}).get("terminal"))
+        if req.log.get("driver") == "json-file":
+            from ketch.engine.logs.jsonfile import JSONFileLogDriver, JSONFileOptions
+
+            self.log = JSONFileLogDriver(req.log["path"],
+                                         JSONFileOptions.from_log_opts(req.log.get("opts") or {}))
+        io = self._io(self.tty, req.open_stdin, True, True)
+        try:
+            self.init_pid = run_isolated(lambda: rt.create(
+                req.id, req.bundle, console_socket=io.console, stdio=io.stdio))
+        except BaseException:
+            io.abort()
+            raise
+        try:
+            io.launched()
+        except BaseException:
+            io.abort()
+            try:
+                rt.delete(req.id, force=True)
+            except Exception:
+                pass
+            raise
+        self.master = io.master
+        self.stdin_sink = self._adopt(io, None)
+        return self.init_pid
+
+    def publish(self) -> None:
+        """Write sup.pid and init.pid and start listening on sup.sock."""
+        atomic_write(os.path.join(self.dir, "sup.pid"), str(os.getpid()).encode(), 0o644)
+        atomic_write(os.path.join(self.dir, "init.pid"), str(self.init_pid).encode(), 0o644)
+        self.listener = listen_unix(os.path.join(self.dir, "sup.sock"), 64)
+        self.listener.setblocking(False)
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run until the container exited and everything is handed over."""
+        set_wakeup_fd(self.wake_w)
+        self.reap()
+        while True:
+            self._progress()
+            if self.finished and (time.monotonic() >= self.flush_until or (
+                    all(ex.done for ex in self.execs.values())
+                    and not any(c.out for c in self.conns.values()))):
+                break
+            self.poll(self._timeout())
+        self._shutdown()
+
+    def _timeout(self) -> float | None:
+        dl = [self.flush_until] if self.finished else []
+        if self.exit_status is not None and not self.finished:
+            dl.append(self.drain_until)
+        dl += [ex.drain_until for ex in self.execs.values()
+               if ex.exit_code is not None and not ex.done]
+        return max(0.0, min(dl) - time.monotonic()) if dl else None
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if self.exit_status is not None and not self.finished and (
+                now >= self.drain_until or not any(ex is None for _, ex in self.sources.values())):
+            self._finish()
+        for ex in self.execs.values():
+            if ex.exit_code is not None and not ex.done and (
+                    now >= ex.drain_until or not any(e is ex for _, e in self.sources.values())):
+                self._exec_done(ex)
+        for sink in list(self.sinks.values()):
+            if sink.eof and not sink.buf and not sink.tty:
+                self._drop_sink(sink)
+        for c in list(self.conns.values()):
+            if c.closing and not c.out:
+                self._close_conn(c)
+
+    # ---- reaping and the end ------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Collect every exited child: the init, execs, and orphans reparented to us."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.init_pid and self.exit_status is None:
+                self.exit_status = status
+                self.drain_until = time.monotonic() + DRAIN_CAP
+            elif pid in self.exec_pids:
+                ex = self.exec_pids.pop(pid)
+                ex.exit_code = exit_code_of(status)
+                ex.drain_until = time.monotonic() + DRAIN_CAP
+
+    def _finish(self) -> None:
+        assert self.exit_status is not None
+        self.finished = True
+        for fd in [fd for fd, (_, ex) in self.sources.items() if ex is None]:
+            self._drop_source(fd)
+        if self.stdin_sink is not None:
+            self._drop_sink(self.stdin_sink)
+        error: str | None = None
+        if self.log is not None:
+            try:
+                self.log.close()
+            except OSError as e:
+                error = f"closing the log: {e}"
+        oom = False
+        oom_kills = getattr(self.runtime, "oom_kills", None)
+        if callable(oom_kills):
+            try:
+                oom = int(oom_kills(self.req.id)) > 0
+            except Exception:
+                pass
+        try:
+            self.runtime.delete(self.req.id, force=True)
+        except NotFound:
+            pass
+        except Exception as e:
+            error = f"runtime delete: {e}"
+        from ketch.engine.logs.jsonfile import format_time
+
+        self.exit = {"exit_code": exit_code_of(self.exit_status),
+                     "finished_at": format_time(time.time_ns()),
+                     "oom_killed": oom, "error": error}
+        atomic_write(os.path.join(self.dir, "exit.json"), json.dumps(self.exit).encode(), 0o644)
+        self.status = "exited"
+        self.flush_until = time.monotonic() + FLUSH_CAP
+        for c in self.conns.values():
+            if c.mode == "wait":
+                self._reply(c, {"ok": True, "exit": self.exit})
+            elif c.mode == "attach":
+                c.closing = True
+        self.reap()  # execs died with the container's cgroup
+
+    def _exec_done(self, ex: Exec) -> None:
+        ex.done = True
+        for fd in [fd for fd, (_, e) in self.sources.items() if e is ex]:
+            self._drop_source(fd)
+        if ex.sink is not None:
+            self._drop_sink(ex.sink)
+        ex.master = -1
+        self._write_exec(ex)
+        if ex.conn is not None:
+            ex.conn.closing = True
+            ex.conn.exec = None
+            ex.conn = None
+
+    def _shutdown(self) -> None:
+        unlink_quiet(os.path.join(self.dir, "sup.sock"))
+        if self.listener is not None:
+            self.listener.close()
+        for c in list(self.conns.values()):
+            self._close_conn(c)
+        for ex in self.execs.values():
+            if ex.exit_code is None:
+                self._write_exec(ex)
+
+    def _write_exec(self, ex: Exec) -> None:
+        d = os.path.join(self.dir, "execs")
+        os.makedirs(d, 0o700, exist_ok=True)
+        doc = {"pid": ex.pid, "running": ex.exit_code is None, "exit_code": ex.exit_code}
+        atomic_write(os.path.join(d, f"{ex.id}.json"), json.dumps(doc).encode(), 0o644)
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def handle(self, c: Conn, line: bytes) -> None:
+        try:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise InvalidArgument("request is not JSON") from None
+            req = validate_request(obj)
+            getattr(self, "_op_" + req["op"].replace("-", "_"))(c, req)
+        except Exception as e:
+            self._reply(c, error_to_wire(e))
+
+    def _running(self, started: bool = False) -> None:
+        if self.exit_status is not None or (started and self.status != "running"):
+            raise FailedPrecondition(f"container {self.req.id} is not running")
+
+    def _op_attach(self, c: Conn, req: dict[str, Any]) -> None:
+        self._running()
+        c.mode = "attach"
+        c.streams(req)
+        self._reply(c, {"ok": True}, done=False)
+
+    def _op_start(self, c: Conn, _req: dict[str, Any]) -> None:
+        self._running()
+        if self.status != "created":
+            raise FailedPrecondition(f"container {self.req.id} is already started")
+        rt, cid = self.runtime, self.req.id
+        run_isolated(lambda: rt.start(cid))
+        self.status = "running"
+        self._reply(c, {"ok": True})
+
+    def _op_resize(self, c: Conn, req: dict[str, Any]) -> None:
+        from ketch.runtime.console import set_winsize
+
+        if "exec_id" in req:
+            ex = self._exec(req["exec_id"])
+            master, what = ex.master, f"exec {ex.id}"
+        else:
+            master, what = self.master, f"container {self.req.id}"
+        if master < 0:
+            raise FailedPrecondition(f"{what} has no terminal")
+        set_winsize(master, req["height"], req["width"])
+        self._reply(c, {"ok": True})
+
+    def _op_wait(self, c: Conn, _req: dict[str, Any]) -> None:
+        if self.exit is not None:
+            self._reply(c, {"ok": True, "exit": self.exit})
+        else:
+            c.mode = "wait"
+
+    def _op_state(self, c: Conn, _req: dict[str, Any]) -> None:
+        self._reply(c, {"ok": True, "status": self.status, "pid": self.init_pid,
+                        "exit": self.exit})
+
+    def _exec(self, exec_id: str) -> Exec:
+        ex = self.execs.get(exec_id)
+        if ex is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return ex
+
+    def _op_exec_state(self, c: Conn, req: dict[str, Any]) -> None:
+        ex = self._exec(req["exec_id"])
+        self._reply(c, {"ok": True, "running": ex.exit_code is None, "pid": ex.pid,
+                        "exit_code": ex.exit_code})
+
+    def _op_exec(self, c: Conn, req: dict[str, Any]) -> None:
+        self._running(started=True)
+        if req["exec_id"] in self.execs:
+            raise Conflict(f"exec {req['exec_id']} already exists")
+        process, rt, cid = req["process"], self.runtime, self.req.id
+        ex = Exec(req["exec_id"], bool(process.get("terminal")))
+        io = self._io(ex.tty, req["stdin"], req["stdout"], req["stderr"])
+        try:
+            ex.pid = run_isolated(lambda: rt.exec(cid, process, detach=True,
+                                                  console_socket=io.console, stdio=io.stdio))
+            io.launched()
+        except BaseException:
+            io.abort()
+            raise
+        ex.master = io.master
+        ex.sink = self._adopt(io, ex)
+        self.execs[ex.id] = ex
+        self.exec_pids[ex.pid] = ex
+        self._write_exec(ex)
+        c.mode, c.exec, ex.conn = "exec", ex, c
+        c.streams(req)
+        self._reply(c, {"ok": True, "pid": ex.pid}, done=False)
+        self.reap()  # a very short exec may be gone already
+
+
+def main(req: SpawnRequest, report_fd: int) -> NoReturn:
+    """Body of the supervisor process; reports to ``report_fd``, never returns."""
+    code = 1
+    made = log_existed = False
+    try:
+        try:
+            made = setup_process(req, report_fd)
+            log_existed = req.log.get("driver") == "json-file" and os.path.exists(
+                req.log["path"])
+            from ketch.engine.supervisor.zygote import make_runtime
+
+            sup = Supervisor(req, make_runtime(req.runtime))
+            sup.create()
+            try:
+                sup.publish()
+            except BaseException:
+                try:
+                    sup.runtime.delete(req.id, force=True)
+                except Exception:
+                    pass
+                raise
+        except BaseException as e:
+            cleanup_failed(req, made, log_existed)  # first: the caller may look right away
+            os.write(report_fd, json.dumps(error_to_wire(e)).encode() + b"\n")
+            os._exit(1)
+        os.write(report_fd, json.dumps({"supervisor_pid": os.getpid(),
+                                        "init_pid": sup.init_pid}).encode() + b"\n")
+        os.close(report_fd)
+        sup.serve()
+        code = 0
+        if os.fstat(2).st_size == 0:
+            unlink_quiet(os.path.join(req.state_dir, "sup.log"))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)

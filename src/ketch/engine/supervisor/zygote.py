@@ -1,0 +1,256 @@
+"""The zygote: a pre-warmed, single-threaded fork server for supervisors.
+
+ketchd calls :func:`start_zygote` first thing, before it has threads or an event
+loop. The zygote imports everything a supervisor (and the runtime it drives) will
+need, calls ``gc.freeze()`` so forked children leave those objects' pages shared,
+and then serves spawn requests on a SOCK_SEQPACKET pair::
+
+    ketchd ──SpawnRequest──▶ zygote ──fork──▶ middle (setsid) ──fork──▶ supervisor
+           ◀─{"ok"}+report fd─┘                  └─ exits at once, reaped by the zygote
+
+The supervisor is thus a child of neither ketchd nor the zygote and outlives
+both. It reports on the *report pipe* whose read end the zygote passes back to
+ketchd: the middle child writes ``{"supervisor_pid": n}``, the supervisor
+``{"supervisor_pid": n, "init_pid": n}`` once the container is created and its
+``sup.sock`` listens, or an error object. The zygote never waits on a supervisor,
+so spawns overlap. It exits on EOF from ketchd, and with ketchd (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from ketch.engine.supervisor.protocol import (
+    SpawnRequest,
+    SpawnResult,
+    error_from_wire,
+    error_to_wire,
+    read_report,
+)
+from ketch.errors import InvalidArgument, Unavailable
+from ketch.runtime.oci_runtime import OCIRuntime
+
+__all__ = ["SPAWN_TIMEOUT", "ZygoteHandle", "make_runtime", "start_zygote"]
+
+log = logging.getLogger(__name__)
+
+SPAWN_TIMEOUT = 120.0  # a create that takes longer than this is hung (hooks included)
+_MAX_MSG = 1 << 20
+
+# What a supervisor and the runtime it drives import; loaded once, shared by all.
+PRELOAD = (
+    "json", "selectors", "signal", "socket", "errno", "gzip", "shutil", "subprocess",
+    "tempfile", "traceback", "fcntl", "termios", "struct", "array", "select",
+    "ketch.engine.logs.jsonfile", "ketch.engine.supervisor.shim",
+    "ketch.runtime.container", "ketch.runtime.cli_runtime", "ketch.runtime.init",
+    "ketch.runtime.validate", "ketch.runtime.launch", "ketch.runtime.console",
+    "ketch.runtime.hooks", "ketch.runtime.rootfs", "ketch.runtime.process",
+    "ketch.runtime.seccomp", "ketch.runtime.cgroups", "ketch.runtime.cgroups.manager",
+    "ketch.runtime.cgroups.v1", "ketch.runtime.cgroups.v2", "ketch.runtime.cgroups.convert",
+    "ketch.runtime.cgroups.stats", "ketch.runtime.cgroups.devices_bpf",
+    "ketch.sys.prctl", "ketch.sys.seccomp", "ketch.sys.mount", "ketch.sys.ns",
+)
+
+
+def make_runtime(desc: Mapping[str, Any]) -> OCIRuntime:
+    """The runtime a spawn request names.
+
+    ``{"name": "ketch", "root": dir}`` → ketch's in-process ``Runtime(root)``;
+    ``{"name": n, "path": binary, "root": dir[, "global_args": [...]]}`` →
+    ``CliRuntime(binary, root, name=n)``. InvalidArgument otherwise.
+    """
+    name, root = desc.get("name"), desc.get("root")
+    if not isinstance(name, str) or not isinstance(root, str):
+        raise InvalidArgument("runtime: name and root are required")
+    if name == "ketch":
+        from ketch.runtime.container import Runtime
+
+        return Runtime(root)
+    path = desc.get("path")
+    if not isinstance(path, str):
+        raise InvalidArgument(f"runtime {name}: path of the binary is required")
+    from ketch.runtime.cli_runtime import CliRuntime
+
+    return CliRuntime(path, root, name=name, global_args=tuple(desc.get("global_args") or ()))
+
+
+class ZygoteHandle:
+    """ketchd's end of a running zygote. ``spawn`` is thread-safe."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self._sock: socket.socket | None = sock
+        self._lock = threading.Lock()
+        self.spawn_timeout = SPAWN_TIMEOUT
+
+    def spawn(self, req: SpawnRequest) -> SpawnResult:
+        """Start a supervisor for ``req`` and wait until its container is created.
+
+        Raises the ``ketch.errors`` class the runtime raised (``Internal`` when
+        unknown), ``Unavailable`` when the zygote is gone.
+        """
+        data = req.to_json()
+        with self._lock:
+            if self._sock is None:
+                raise Unavailable("supervisor zygote is closed")
+            try:
+                self._sock.send(data)
+                msg, anc, _flags, _addr = self._sock.recvmsg(
+                    65536, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+            except OSError as e:
+                raise Unavailable(f"supervisor zygote is gone: {e}") from None
+        fds = array.array("i")
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        if not msg:
+            for fd in fds:
+                os.close(fd)
+            raise Unavailable("supervisor zygote is gone")
+        reply = json.loads(msg)
+        if "error" in reply or not fds:
+            for fd in fds:
+                os.close(fd)
+            raise error_from_wire(reply if "error" in reply else {"error": "no report pipe"})
+        try:
+            report = read_report(fds[0], self.spawn_timeout)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if "error" in report:
+            raise error_from_wire(report)
+        return SpawnResult(int(report["supervisor_pid"]), int(report["init_pid"]))
+
+    async def aspawn(self, req: SpawnRequest) -> SpawnResult:
+        """:meth:`spawn` on the event loop's default executor."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.spawn, req)
+
+    def close(self) -> None:
+        """Stop the zygote (its supervisors keep running) and reap it."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        sock.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def __enter__(self) -> ZygoteHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_zygote() -> ZygoteHandle:
+    """Fork the zygote from this process; call it before starting threads."""
+    if threading.active_count() > 1:
+        log.warning("starting the supervisor zygote with %d threads running; fork is only "
+                    "safe before threads start", threading.active_count())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        _zygote_main(theirs, parent)
+    theirs.close()
+    return ZygoteHandle(pid, ours)
+
+
+def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
+    code = 0
+    try:
+        from ketch.sys.prctl import set_name, set_pdeathsig
+
+        set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != parent:  # ketchd died before the line above
+            os._exit(0)
+        set_name("ketch-zygote")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ketchd decides when we stop
+        keep = sock.fileno()
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd != keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        import gc
+        import importlib
+
+        for mod in PRELOAD:
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                pass
+        gc.collect()
+        gc.freeze()
+        _serve(sock)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _serve(sock: socket.socket) -> None:
+    while True:
+        try:
+            data, _anc, flags, _addr = sock.recvmsg(_MAX_MSG)
+        except InterruptedError:
+            continue
+        if not data:
+            return  # ketchd closed its end
+        try:
+            if flags & socket.MSG_TRUNC:
+                raise InvalidArgument("spawn request too large")
+            report = _fork_supervisor(SpawnRequest.from_json(data), sock)
+        except Exception as e:
+            sock.send(json.dumps(error_to_wire(e)).encode())
+            continue
+        try:
+            sock.sendmsg([b'{"ok":true}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             array.array("i", [report]).tobytes())])
+        finally:
+            os.close(report)
+
+
+def _fork_supervisor(req: SpawnRequest, sock: socket.socket) -> int:
+    """Double-fork a supervisor for ``req``; returns the report pipe's read end."""
+    r, w = os.pipe()
+    try:
+        mid = os.fork()
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
+    if mid == 0:
+        try:
+            os.close(r)
+            sock.close()
+            os.setsid()
+            sup = os.fork()
+            if sup == 0:
+                from ketch.engine.supervisor import shim
+
+                shim.main(req, w)
+            os.write(w, json.dumps({"supervisor_pid": sup}).encode() + b"\n")
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(mid, 0)
+    return r

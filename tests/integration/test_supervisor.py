@@ -1,0 +1,447 @@
+"""Supervisors and their zygote, driving real busybox containers (root).
+
+Each test gets a private runtime root, bundles and state dirs under its tmp dir;
+the ``box`` fixture force-deletes every container it made and waits for (or, as
+a last resort, kills) every supervisor it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ketch.engine.supervisor import (
+    FrameDecoder,
+    SpawnRequest,
+    SpawnResult,
+    SupervisorClient,
+    ZygoteHandle,
+    make_runtime,
+    start_zygote,
+    supervisor_pss_kib,
+)
+from ketch.errors import FailedPrecondition, InvalidArgument, KetchError, NotFound
+from ketch.runtime.busybox import make_bundle, make_rootfs
+from ketch.runtime.state import proc_start_time
+
+RUNC = "/usr/sbin/runc"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[ZygoteHandle]:
+    z = start_zygote()
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc_start_time(pid) is None:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Box:
+    """Builds spawn requests under one tmp dir and cleans up after them."""
+
+    def __init__(self, tmp: Path, zygote: ZygoteHandle, runtime: str = "ketch") -> None:
+        self.tmp, self.zygote = tmp, zygote
+        if runtime == "ketch":
+            self.runtime: dict[str, Any] = {"name": "ketch", "root": str(tmp / "rt")}
+        else:
+            self.runtime = {"name": runtime, "path": RUNC, "root": str(tmp / "rt")}
+        self.rt = make_runtime(self.runtime)
+        self.ids: list[str] = []
+        self.sups: list[int] = []
+        self.n = 0
+
+    def request(self, args: list[str], *, tty: bool = False, open_stdin: bool = False,
+                stdin_once: bool = False, rootfs: str | None = None) -> SpawnRequest:
+        self.n += 1
+        cid = f"t-{uuid.uuid4().hex[:10]}"
+        bundle = make_bundle(str(self.tmp / f"b{self.n}"), args, terminal=tty, rootfs=rootfs)
+        self.ids.append(cid)
+        return SpawnRequest(id=cid, bundle=bundle, state_dir=str(self.tmp / f"s{self.n}"),
+                            runtime=self.runtime, open_stdin=open_stdin, stdin_once=stdin_once,
+                            log={"driver": "json-file", "path": str(self.tmp / f"l{self.n}.log"),
+                                 "opts": {}})
+
+    def spawn(self, req: SpawnRequest) -> tuple[SpawnResult, SupervisorClient]:
+        res = self.zygote.spawn(req)
+        self.sups.append(res.supervisor_pid)
+        return res, SupervisorClient(req.state_dir)
+
+    def cleanup(self) -> None:
+        # Kill, and let each supervisor delete its container (a concurrent delete of
+        # the same container from here would race with it); delete what is left.
+        for cid in self.ids:
+            try:
+                self.rt.kill(cid, signal.SIGKILL)
+            except KetchError:
+                pass
+        stuck = [pid for pid in self.sups if not _gone(pid, 10)]
+        for pid in stuck:
+            os.kill(pid, signal.SIGKILL)
+        for cid in self.ids:
+            try:
+                self.rt.delete(cid, force=True)
+            except KetchError:
+                pass
+        assert not stuck, f"supervisors outlived their containers: {stuck}"
+
+
+@pytest.fixture(params=["ketch"])
+def box(request: pytest.FixtureRequest, tmp_path: Path, zygote: ZygoteHandle) -> Iterator[Box]:
+    b = Box(tmp_path, zygote, request.param)
+    try:
+        yield b
+    finally:
+        b.cleanup()
+
+
+def _process(req: SpawnRequest, args: list[str], terminal: bool = False) -> dict[str, Any]:
+    """An OCI process object for exec: the container's own, with other args."""
+    cfg = json.loads(Path(req.bundle, "config.json").read_text())
+    return dict(cfg["process"], args=args, terminal=terminal)
+
+
+async def _read_all(reader: asyncio.StreamReader, timeout: float = 15) -> bytes:
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+async def _read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float = 15) -> bytes:
+    buf = b""
+    while marker not in buf:
+        chunk = await asyncio.wait_for(reader.read(4096), timeout)
+        if not chunk:
+            raise AssertionError(f"stream ended before {marker!r}: {buf!r}")
+        buf += chunk
+    return buf
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, BrokenPipeError):
+        pass
+
+
+def _streams(data: bytes) -> dict[int, bytes]:
+    dec = FrameDecoder()
+    out: dict[int, bytes] = {1: b"", 2: b""}
+    for stream, payload in dec.feed(data):
+        out[stream] += payload
+    assert dec.pending == 0
+    return out
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("box", ["ketch", "runc"], indirect=True)
+def test_attach_frames_log_and_exit_code(box: Box) -> None:
+    if box.runtime["name"] == "runc" and not os.path.exists(RUNC):
+        pytest.skip("runc not installed")
+    req = box.request(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+    res, client = box.spawn(req)
+    assert client.state() == {"status": "created", "pid": res.init_pid, "exit": None}
+    assert int(Path(req.state_dir, "init.pid").read_text()) == res.init_pid
+    assert int(Path(req.state_dir, "sup.pid").read_text()) == res.supervisor_pid
+    assert Path(req.state_dir, "sup.sock").stat().st_mode & 0o777 == 0o600
+
+    async def run() -> bytes:
+        reader, writer = await client.open_attach(False, True, True, [])
+        await asyncio.to_thread(client.start)
+        data = await _read_all(reader)
+        await _close(writer)
+        return data
+
+    assert _streams(asyncio.run(run())) == {1: b"out\n", 2: b"err\n"}
+    exited = client.wait(timeout=15)
+    assert exited["exit_code"] == 3 and exited["oom_killed"] is False
+    assert exited["error"] is None and exited["finished_at"].endswith("Z")
+    assert json.loads(Path(req.state_dir, "exit.json").read_text()) == exited
+    assert _gone(res.supervisor_pid, 10)
+    assert not Path(req.state_dir, "sup.sock").exists()
+    # after the supervisor: answers come from exit.json
+    assert client.state()["status"] == "exited" and client.wait() == exited
+    with pytest.raises(KetchError, match="exited"):
+        client.start()
+    entries = [json.loads(line) for line in Path(req.log["path"]).read_text().splitlines()]
+    assert [(e["stream"], e["log"]) for e in entries] == [("stdout", "out\n"), ("stderr", "err\n")]
+    with pytest.raises(NotFound):
+        box.rt.state(req.id)
+
+
+def test_tty_attach_stdin_resize_and_exit(box: Box) -> None:
+    req = box.request(["/bin/sh"], tty=True, open_stdin=True)
+    _res, client = box.spawn(req)
+
+    async def run() -> tuple[bytes, bytes, bytes]:
+        reader, writer = await client.open_attach(True, True, True, [16, 17])
+        await asyncio.to_thread(client.start)
+        writer.write(b"stty size; echo m-$((40+1))\n")
+        before = await _read_until(reader, b"m-41")
+        await asyncio.to_thread(client.resize, 33, 101)
+        writer.write(b"stty size; echo m-$((40+2))\n")
+        after = await _read_until(reader, b"m-42")
+        writer.write(b"echo hi; exit 5\n")
+        rest = await _read_all(reader)
+        await _close(writer)
+        return before, after, rest
+
+    before, after, rest = asyncio.run(run())
+    assert b"33 101" not in before and b"33 101\r\n" in after
+    assert b"\r\nhi\r\n" in rest  # raw terminal output, no frames
+    assert client.wait(timeout=15)["exit_code"] == 5
+    logged = [json.loads(line) for line in Path(req.log["path"]).read_text().splitlines()]
+    assert {e["stream"] for e in logged} == {"stdout"}
+    assert "hi\r\n" in [e["log"] for e in logged]
+
+
+def test_detach_keys_close_attach_but_not_container(box: Box) -> None:
+    req = box.request(["/bin/cat"], open_stdin=True)
+    _res, client = box.spawn(req)
+
+    async def run() -> tuple[bytes, bytes, bytes]:
+        reader, writer = await client.open_attach(True, True, False, [16, 17])
+        await asyncio.to_thread(client.start)
+        writer.write(b"hello\n")
+        first = await _read_until(reader, b"hello\n")
+        writer.write(b"a\x10b\n")  # a broken-off sequence is forwarded
+        second = await _read_until(reader, b"b\n")
+        writer.write(b"\x10\x11never\n")  # detach: swallowed, and the stream ends
+        tail = await _read_all(reader)
+        await _close(writer)
+        return first, second, tail
+
+    first, second, tail = asyncio.run(run())
+    assert _streams(first)[1] == b"hello\n" and _streams(second)[1] == b"a\x10b\n"
+    assert tail == b""
+    assert client.state()["status"] == "running"
+
+    async def again() -> bytes:
+        reader, writer = await client.open_attach(True, True, False, [16, 17])
+        writer.write(b"again\n")
+        data = await _read_until(reader, b"again\n")
+        await _close(writer)
+        return data
+
+    assert _streams(asyncio.run(again()))[1] == b"again\n"
+    box.rt.kill(req.id, signal.SIGKILL)
+    assert client.wait(timeout=15)["exit_code"] == 137
+    log = Path(req.log["path"]).read_text()
+    assert "never" not in log and "again" in log
+
+
+def test_stdin_once_closes_container_stdin_on_eof(box: Box) -> None:
+    req = box.request(["/bin/sh", "-c", "cat; echo done"], open_stdin=True, stdin_once=True)
+    _res, client = box.spawn(req)
+
+    async def run() -> bytes:
+        reader, writer = await client.open_attach(True, True, True, [])
+        await asyncio.to_thread(client.start)
+        writer.write(b"abc\n")
+        await writer.drain()
+        writer.write_eof()
+        data = await _read_all(reader)
+        await _close(writer)
+        return data
+
+    assert _streams(asyncio.run(run()))[1] == b"abc\ndone\n"
+    assert client.wait(timeout=15)["exit_code"] == 0
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_supervisor_survives_daemon_and_zygote(box: Box, how: str) -> None:
+    req = box.request(["/bin/sleep", "1000"])
+    script = (
+        "import json, sys\n"
+        "from ketch.engine.supervisor import SpawnRequest, start_zygote\n"
+        "z = start_zygote()\n"
+        "r = z.spawn(SpawnRequest.from_json(sys.argv[1]))\n"
+        "print(json.dumps([r.supervisor_pid, r.init_pid, z.pid]), flush=True)\n"
+        "if sys.argv[2] == 'exit':\n"
+        "    z.close()\n"
+        "    sys.exit(0)\n"
+        "sys.stdin.read()\n")
+    with subprocess.Popen([sys.executable, "-c", script, req.to_json().decode(), how],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO) as daemon:
+        try:
+            sup, init, zpid = json.loads(daemon.stdout.readline())  # type: ignore[union-attr]
+            box.sups.append(sup)
+            if how == "sigkill":
+                daemon.kill()
+            daemon.wait(timeout=15)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+    assert _gone(zpid, 10), "the zygote outlived its daemon"
+    assert proc_start_time(sup) is not None and proc_start_time(init) is not None
+    os.kill(sup, signal.SIGTERM)  # ignored: containers are stopped through the runtime
+    time.sleep(0.1)
+    assert proc_start_time(sup) is not None
+
+    client = SupervisorClient(req.state_dir)  # as a restarted daemon would
+    assert client.state()["status"] == "created"
+    client.start()
+    assert client.state() == {"status": "running", "pid": init, "exit": None}
+    with pytest.raises(FailedPrecondition):
+        client.start()
+    box.rt.kill(req.id, signal.SIGKILL)
+    assert client.wait(timeout=15)["exit_code"] == 137
+    assert _gone(sup, 10)
+
+
+@pytest.mark.parametrize("box", ["ketch", "runc"], indirect=True)
+def test_exec_output_and_exit_code(box: Box) -> None:
+    if box.runtime["name"] == "runc" and not os.path.exists(RUNC):
+        pytest.skip("runc not installed")
+    req = box.request(["/bin/sleep", "1000"])
+    _res, client = box.spawn(req)
+    proc = _process(req, ["/bin/sh", "-c", "echo x; echo y >&2; exit 4"])
+
+    async def early() -> None:
+        _pid, _reader, writer = await client.open_exec("e0", proc, False, True, True, [])
+        await _close(writer)
+
+    with pytest.raises(FailedPrecondition):  # not started yet
+        asyncio.run(early())
+    client.start()
+
+    async def run() -> tuple[int, bytes]:
+        pid, reader, writer = await client.open_exec("e1", proc, False, True, True, [])
+        data = await _read_all(reader)
+        await _close(writer)
+        return pid, data
+
+    pid, data = asyncio.run(run())
+    assert _streams(data) == {1: b"x\n", 2: b"y\n"}
+    assert client.exec_state("e1") == {"running": False, "pid": pid, "exit_code": 4}
+    assert json.loads(Path(req.state_dir, "execs", "e1.json").read_text()) == {
+        "pid": pid, "running": False, "exit_code": 4}
+    with pytest.raises(NotFound):
+        client.exec_state("nope")
+
+    async def dup() -> None:
+        _pid, _reader, writer = await client.open_exec("e1", proc, False, True, True, [])
+        await _close(writer)
+
+    with pytest.raises(KetchError, match="already exists"):
+        asyncio.run(dup())
+    assert Path(req.log["path"]).read_text() == ""  # exec output is not logged
+    box.rt.kill(req.id, signal.SIGKILL)
+    assert client.wait(timeout=15)["exit_code"] == 137
+
+
+def test_exec_with_terminal(box: Box) -> None:
+    req = box.request(["/bin/sleep", "1000"])
+    _res, client = box.spawn(req)
+    client.start()
+    proc = _process(req, ["/bin/sh"], terminal=True)
+
+    async def run() -> bytes:
+        _pid, reader, writer = await client.open_exec("t1", proc, True, True, False, [])
+        await asyncio.to_thread(client.resize, 21, 61, "t1")
+        writer.write(b"tty; stty size; exit 2\n")
+        data = await _read_all(reader)
+        await _close(writer)
+        return data
+
+    out = asyncio.run(run())
+    assert b"/dev/pts/" in out and b"21 61\r\n" in out
+    assert client.exec_state("t1")["exit_code"] == 2
+    with pytest.raises(FailedPrecondition, match="no terminal"):
+        client.resize(10, 10)  # the container itself has none
+    box.rt.kill(req.id, signal.SIGKILL)
+    client.wait(timeout=15)
+
+
+def test_killed_by_signal_and_runtime_cleanup(box: Box) -> None:
+    req = box.request(["/bin/sh", "-c", "trap 'exit 9' USR1; while :; do sleep 0.05; done"])
+    res, client = box.spawn(req)
+    client.start()
+    box.rt.kill(req.id, signal.SIGTERM)  # pid 1 without a TERM handler: ignored
+    time.sleep(0.2)
+    assert client.state()["status"] == "running"
+    box.rt.kill(req.id, signal.SIGUSR1)
+    assert client.wait(timeout=15)["exit_code"] == 9
+
+    req2 = box.request(["/bin/sleep", "1000"])
+    res2, client2 = box.spawn(req2)
+    client2.start()
+    box.rt.kill(req2.id, signal.SIGKILL)
+    assert client2.wait(timeout=15)["exit_code"] == 137
+    for r in (res, res2):
+        assert _gone(r.supervisor_pid, 10)
+    assert box.rt.list() == []
+
+
+def test_create_failure_leaves_nothing(box: Box) -> None:
+    req = box.request(["/no/such/program"])
+    with pytest.raises(KetchError, match="/no/such/program") as err:
+        box.spawn(req)
+    assert isinstance(err.value, (InvalidArgument, NotFound, FailedPrecondition))
+    assert not Path(req.state_dir).exists()
+    assert not Path(req.log["path"]).exists()
+    assert box.rt.list() == []
+    comm = f"ksup-{req.id[:10]}"
+    deadline = time.monotonic() + 10
+    while [p for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == comm]:
+        assert time.monotonic() < deadline, "a supervisor outlived a failed create"
+        time.sleep(0.02)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_bad_requests(box: Box, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        SpawnRequest(id="bad/id", bundle="/x", state_dir="/y", runtime=box.runtime)
+    with pytest.raises(InvalidArgument, match="log opt"):
+        SpawnRequest(id="x", bundle="/x", state_dir="/y", runtime=box.runtime,
+                     log={"driver": "json-file", "path": "/l", "opts": {"nope": "1"}})
+    with pytest.raises(NotFound, match="no supervisor"):
+        SupervisorClient(str(tmp_path / "nothing-here")).state()
+
+
+def test_memory_of_idle_supervisors(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prints the PSS of one and of ten idle supervisors (no assertion on the figure)."""
+    rootfs = str(box.tmp / "rootfs")
+    make_rootfs(rootfs)
+    sups: list[int] = []
+    figures: dict[int, list[int]] = {}
+    for _ in range(10):
+        req = box.request(["/bin/sleep", "1000"], rootfs=rootfs)
+        res, client = box.spawn(req)
+        client.start()
+        sups.append(res.supervisor_pid)
+        if len(sups) in (1, 10):
+            time.sleep(0.3)
+            figures[len(sups)] = [supervisor_pss_kib(p) for p in sups]
+    assert all(v > 0 for vs in figures.values() for v in vs)
+    with capsys.disabled():
+        for n, vs in figures.items():
+            print(f"\nsupervisor PSS with {n} idle: mean {sum(vs) / len(vs):.0f} KiB "
+                  f"(min {min(vs)}, max {max(vs)}); "
+                  f"zygote {supervisor_pss_kib(box.zygote.pid)} KiB")
