@@ -427,7 +427,7 @@ def many(eng: Engine, res: Results, n: int, runs: int) -> None:
 
 
 def remove_containers(eng: Engine) -> None:
-    with contextlib.suppress(BenchError, subprocess.SubprocessError):
+    with contextlib.suppress(BenchError, OSError, subprocess.SubprocessError):
         ids = eng.ok("ps", "-aq").split()
         if ids:
             eng.run("rm", "-f", *ids, timeout=300)
@@ -437,28 +437,30 @@ def remove_containers(eng: Engine) -> None:
 
 def stop(eng: Engine) -> list[str]:
     """Remove containers, stop the daemon, kill what is left of ours; say what was left."""
-    if eng.proc is not None or eng.error is None:
-        remove_containers(eng)
-    if eng.proc is not None and eng.proc.poll() is None:
-        eng.proc.send_signal(signal.SIGTERM)
-        try:
-            eng.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            eng.proc.kill()
-            eng.proc.wait()
-    for pid, st in eng.inits:
-        kill_if(pid, st)
-    if eng.netns is None:
-        return []
-    deadline = time.monotonic() + 5  # shims and supervisors exit after their containers
-    while eng.netns.pids() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = eng.netns.pids()
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    eng.netns.delete()
-    return [f"{eng.name}: killed {comm(p)}[{p}]" for p in left]
+    try:
+        if eng.proc is not None or eng.error is None:
+            remove_containers(eng)
+        if eng.proc is not None and eng.proc.poll() is None:
+            eng.proc.send_signal(signal.SIGTERM)
+            try:
+                eng.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                eng.proc.kill()
+                eng.proc.wait()
+        for pid, st in eng.inits:
+            kill_if(pid, st)
+    finally:
+        left = []
+        if eng.netns is not None:
+            deadline = time.monotonic() + 5  # shims and supervisors exit after containers
+            while eng.netns.pids() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for pid in eng.netns.pids():
+                left.append(f"{eng.name}: killed {comm(pid)}[{pid}]")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            eng.netns.delete()
+    return left
 
 
 def settle(before: set[int], seconds: float = 10) -> list[str]:
@@ -623,7 +625,12 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{e.name}[{e.proc.pid}]" for e in engines if e.proc)
                   + "; netns " + ", ".join(e.netns.name for e in engines if e.netns))
         else:
-            left = [line for eng in engines for line in stop(eng)]
+            left = []
+            for eng in engines:
+                try:
+                    left += stop(eng)
+                except Exception as e:  # keep cleaning the others
+                    left.append(f"{eng.name}: {type(e).__name__}: {e}")
             left += settle(pids_before) + unmount_under(work)
             left += remove_cgroups(cgroup_dirs() - cgroups_before)
             for p in litter:

@@ -93,7 +93,7 @@ class Box:
         for cid in self.ids:
             try:
                 self.rt.kill(cid, signal.SIGKILL)
-            except KetchError:
+            except (KetchError, OSError):
                 pass
         stuck = [pid for pid in self.sups if not _gone(pid, 10)]
         for pid in stuck:
@@ -101,7 +101,7 @@ class Box:
         for cid in self.ids:
             try:
                 self.rt.delete(cid, force=True)
-            except KetchError:
+            except (KetchError, OSError):
                 pass
         assert not stuck, f"supervisors outlived their containers: {stuck}"
 

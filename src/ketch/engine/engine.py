@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ketch.content.local import LocalContentStore
 from ketch.engine.events import EventBus
@@ -92,9 +92,32 @@ class Engine:
             image_store=self.image_store, content=self.content, snapshotter=self.snapshotter,
             events=self.events, volumes=getattr(self, "volumes", None), zygote=zygote)
         self.execs = ExecService(self.containers)
-        images = getattr(self, "images", None)
-        if images is not None:
-            images.in_use = self.containers.in_use
+        self.images.in_use = self.containers.in_use
+        self.system.counts = self._counts
+        self.system.overrides = {
+            "Runtimes": {n: {"path": self.containers.runtime_desc(n).get("path", "ketch")}
+                         for n in self.containers.runtime_names()},
+            "DefaultRuntime": self.config.default_runtime,
+            "LiveRestoreEnabled": self.config.live_restore,
+            "LoggingDriver": self.config.log_driver,
+        }
+
+    def _counts(self) -> dict[str, int]:
+        states = [c.state.status for c in self.containers.store.all()]
+        running = sum(s in ("running", "restarting") for s in states)
+        paused = states.count("paused")
+        return {"Containers": len(states), "ContainersRunning": running,
+                "ContainersPaused": paused, "ContainersStopped": len(states) - running - paused,
+                "Images": len({i.id for i in self.image_store.list()})}
+
+    def disk_usage(self) -> dict[str, Any]:
+        """``GET /system/df``."""
+        from ketch.engine.containers.query import list_containers
+
+        img = self.images.usage()
+        return {"LayersSize": img["LayersSize"], "Images": img["Images"],
+                "Containers": list_containers(self.containers, all=True, size=True),
+                "Volumes": self.volumes.usage(), "BuildCache": []}
 
     async def start(self) -> None:
         """Reconnect to running containers and apply restart policies (daemon start)."""

@@ -109,7 +109,12 @@ class ImageService(ImageDeletion):
 
     def list(self, all: bool = False, filters: Mapping[str, Sequence[str]] | None = None,
              digests: bool = False, shared_size: bool = False) -> builtins.list[dict[str, Any]]:
-        """``GET /images/json``: newest first (filters in :mod:`image_filters`)."""
+        """``GET /images/json``: ``ImageSummary`` dicts, newest first.
+
+        Filters as in :mod:`ketch.engine.image_filters`; ``RepoDigests`` are always
+        given (``digests`` is accepted for the API's sake); ``SharedSize`` is -1
+        unless ``shared_size``; ``Containers`` is -1 (``usage`` counts them).
+        """
         filters = filters or {}
         check_filters(filters, LIST_FILTERS)
         dangling = dangling_filter(filters, None)
@@ -272,8 +277,8 @@ class ImageService(ImageDeletion):
 
     # -- creating -------------------------------------------------------------------------
 
-    def _check_present(self, blobs: Iterable[Digest]) -> None:
-        for d in blobs:
+    def _check_present(self, digests: Iterable[Digest]) -> None:
+        for d in digests:
             try:
                 self.content.info(d)
             except NotFound:
@@ -353,7 +358,10 @@ class ImageService(ImageDeletion):
     # -- archives -------------------------------------------------------------------------
 
     def load(self, tar: IO[bytes], quiet: bool = True) -> builtins.list[str]:
-        """``POST /images/load``: the messages ``docker load`` prints, one per name/image."""
+        """``POST /images/load``: the messages ``docker load`` prints, one per name/image.
+
+        ``quiet`` is accepted for the API's sake: there is no progress to hide.
+        """
         found = archive.read_archive(self.content, tar, tmpdir=self.tmpdir)
         messages: builtins.list[str] = []
         loaded: builtins.list[str] = []
@@ -380,15 +388,15 @@ class ImageService(ImageDeletion):
         """``GET /images/get``: the archive of ``names`` written to ``out``."""
         with self._mu:
             entries = archive.resolve_save_names(self.store, names)
-            blobs = {d.digest for e in entries
-                     for d in blobs.closure(self.content, e.image.target)}
+            leased = {d.digest for e in entries
+                      for d in blobs.closure(self.content, e.image.target)}
             with self._lease_mu:
-                self._leases.update(blobs)
+                self._leases.update(leased)
         try:
             archive.write_archive(self.content, entries, out)
         finally:
             with self._lease_mu:
-                self._leases.subtract(blobs)
+                self._leases.subtract(leased)
                 self._leases += collections.Counter()  # drop zero counts
         for image_id in dict.fromkeys(e.image.id for e in entries):
             self._publish("save", image_id)

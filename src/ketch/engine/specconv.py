@@ -57,7 +57,7 @@ from ketch.oci.runtime_spec import (
 )
 from ketch.runtime.rootfs import secure_join
 from ketch.runtime.seccomp_default import default_profile
-from ketch.sys.caps import CAPS
+from ketch.sys.caps import CAPS, bounding_set
 
 __all__ = ["DEFAULT_CAPABILITIES", "Converted", "oci_resources", "process_user", "sort_mounts",
            "to_oci_spec"]
@@ -350,7 +350,7 @@ def _cap_names(v: Any, field: str) -> list[str]:
 def _capabilities(hc: Mapping[str, Any], privileged: bool) -> list[str]:
     add, drop = _cap_names(hc.get("CapAdd"), "CapAdd"), _cap_names(hc.get("CapDrop"), "CapDrop")
     if privileged or "ALL" in add:
-        caps = list(CAPS)
+        caps = bounding_set()
     elif "ALL" in drop:
         caps = []
     else:

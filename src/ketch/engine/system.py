@@ -2,8 +2,8 @@
 
 Static facts (kernel, OS, CPUs, runtimes, cgroup layout) are read once; counters
 and the clock are read per call. ApiVersion/MinAPIVersion are the API layer's
-business and are added there. Container and image counts are 0 until the engine
-has a container store.
+business and are added there. Container and image counts come from ``counts``,
+which the engine sets once its stores exist.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import shutil
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,9 @@ class System:
         self.build_time = _rfc3339(dt.datetime.fromtimestamp(
             os.stat(ketch.__file__).st_mtime, dt.UTC))
         self._static: dict[str, Any] | None = None
+        # Set by the engine once its stores exist: {"Containers": n, ...} figures.
+        self.counts: Callable[[], dict[str, int]] = lambda: {}
+        self.overrides: dict[str, Any] = {}  # daemon facts: runtimes, live restore
 
     # -- GET /version ----------------------------------------------------------
 
@@ -237,9 +241,10 @@ class System:
             nfd = len(os.listdir("/proc/self/fd"))
         except OSError:
             nfd = 0
+        info.update(self.overrides)
         info.update({
             "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0,
-            "ContainersStopped": 0, "Images": 0,
+            "ContainersStopped": 0, "Images": 0, **self.counts(),
             "Debug": self.debug,
             "NFd": nfd,
             "NGoroutines": threading.active_count(),  # threads: the nearest honest figure

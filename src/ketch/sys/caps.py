@@ -63,6 +63,17 @@ def last_cap() -> int:
         return max(CAPS.values())
 
 
+def bounding_set() -> list[str]:
+    """Names of the capabilities in this process's bounding set (``--privileged``
+    grants these: a daemon cannot give what it does not hold)."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    except (OSError, StopIteration, ValueError):
+        return [n for n, b in CAPS.items() if b <= last_cap()]
+    return [n for n, b in CAPS.items() if mask & (1 << b)]
+
+
 class _Header(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

@@ -31,5 +31,8 @@ def all_routes(engine: Engine) -> list[Route]:
     routes += ContainersRouter(engine.containers, engine.execs).routes()
     from ketch.api.routers.archive import ArchiveRouter
 
-    routes += ArchiveRouter(engine.containers, getattr(engine, "images", None)).routes()
+    routes += ArchiveRouter(engine.containers, engine.images).routes()
+    from ketch.api.routers.disk import DiskRouter
+
+    routes += DiskRouter(engine.disk_usage).routes()
     return routes

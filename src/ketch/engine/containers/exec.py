@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ketch.engine.containers.streams import Hijack, parse_detach_keys, pump
 from ketch.engine.specconv import process_user
 from ketch.errors import Conflict, InvalidArgument, NotFound
-from ketch.sys.caps import CAPS
+from ketch.sys.caps import bounding_set
 
 if TYPE_CHECKING:
     from ketch.engine.containers.service import ContainerService
@@ -113,7 +113,7 @@ class ExecService:
         if cfg.get("User"):
             proc["user"] = process_user(cfg["User"], self.containers.rootfs_dir(c))
         if cfg.get("Privileged"):
-            caps = list(CAPS)
+            caps = bounding_set()
             proc["capabilities"] = {k: list(caps) for k in ("bounding", "effective",
                                                             "permitted")}
         return proc

@@ -168,9 +168,10 @@ class ContainerService:
         runtime = hc.get("Runtime") or self.config.default_runtime
         self.runtime_desc(runtime)  # unknown runtime: 400 now, not at start
         hc["Runtime"] = runtime
-        log_cfg = hc.get("LogConfig") or {}
-        if not log_cfg.get("Type"):
-            log_cfg = {"Type": self.config.log_driver, "Config": dict(self.config.log_opts)}
+        log_cfg = dict(hc.get("LogConfig") or {})
+        if not log_cfg.get("Type"):  # the daemon's driver; the client's options win
+            log_cfg = {"Type": self.config.log_driver,
+                       "Config": {**self.config.log_opts, **(log_cfg.get("Config") or {})}}
         if log_cfg["Type"] not in ("json-file", "none", "local"):
             raise InvalidArgument(f"logger: no log driver named '{log_cfg['Type']}' is "
                                   "registered")
@@ -291,9 +292,7 @@ class ContainerService:
             res = await self.zygote.aspawn(req)
         except BaseException as e:
             await asyncio.to_thread(setup.unmount, self, c)
-            c.state.error = str(e)
-            c.state.exit_code = _exit_code_for(str(e))
-            self.save(c)
+            self._start_failed(c, lv, e)
             raise
         t2 = time.perf_counter()
         sup = SupervisorClient(bundle)
@@ -307,12 +306,9 @@ class ContainerService:
         except BaseException as e:
             with contextlib.suppress(Exception):
                 self.runtime(c.runtime).kill(c.id, signal.SIGKILL)
-            lv.sup_ready.clear()
             lv.sup = None
             await asyncio.to_thread(setup.unmount, self, c)
-            c.state.error = str(e)
-            c.state.exit_code = _exit_code_for(str(e))
-            self.save(c)
+            self._start_failed(c, lv, e)
             raise
         log.debug("start %s: prepare %.1f ms, create %.1f ms, start %.1f ms", c.short_id,
                   (t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000)
@@ -326,6 +322,27 @@ class ContainerService:
             from ketch.engine.containers.health import run_health
 
             lv.health_task = asyncio.get_running_loop().create_task(run_health(self, c, lv))
+
+    def _start_failed(self, c: Container, lv: _Live, e: BaseException) -> None:
+        """Record a failed start; release clients waiting on it (attach, wait), and
+        remove an ``--rm`` container, as dockerd does."""
+        c.state.error = str(e)
+        c.state.exit_code = _exit_code_for(str(e))
+        c.state.finished_at = now_rfc3339()
+        self.save(c)
+        lv.sup_ready.set()  # attach waiters see no supervisor and end
+        lv.sup_ready.clear()
+        result = {"StatusCode": c.state.exit_code, "Error": {"Message": c.state.error}}
+        for fut in lv.exits:
+            if not fut.done():
+                fut.set_result(result)
+        lv.exits.clear()
+        if c.host_config.get("AutoRemove"):
+            asyncio.get_running_loop().create_task(self._remove_quietly(c.id))
+
+    async def _remove_quietly(self, cid: str) -> None:
+        with contextlib.suppress(NotFound, Conflict):
+            await self.remove(cid, force=True, volumes=True)
 
     # ---- exit, restart -----------------------------------------------------------
 

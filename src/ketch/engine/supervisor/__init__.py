@@ -45,6 +45,10 @@ Control protocol on ``sup.sock``: one JSON request line, one JSON reply line
 Streams carry Docker's multiplexed frames (8-byte header: stream 1/2, three zero
 bytes, big-endian length) unless the process has a terminal (raw bytes).
 See docs/supervisor.md for the rules on stdin EOF, detach keys and draining.
+
+Modules: ``protocol`` (wire shapes, framing, detach keys), ``zygote`` (fork server,
+``make_runtime``), ``shim`` (a supervisor's lifecycle and requests), ``loop`` (its
+epoll I/O), ``launch`` (process plumbing: helper children, stdio, setup), ``client``.
 """
 
 from ketch.engine.supervisor.client import SupervisorClient

@@ -194,15 +194,17 @@ class Loop:
                                                      data)
 
     def _drop_source(self, fd: int) -> None:
-        self.sources.pop(fd, None)
+        _stream, ex = self.sources.pop(fd, ("", None))
         sink = self.sinks.get(fd)
         if sink is not None:  # a pty master: reading and writing end together
             self._drop_sink(sink)
         else:
             self._forget(fd)
             close_quiet(fd)
-        if fd == self.master:
+        if fd == self.master:  # no resize on a closed (or reused) descriptor
             self.master = -1
+        if ex is not None and fd == ex.master:
+            ex.master = -1
 
     def _drop_sink(self, sink: Sink) -> None:
         sink.buf.clear()

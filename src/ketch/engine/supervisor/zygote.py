@@ -115,7 +115,10 @@ class ZygoteHandle:
             for fd in fds:
                 os.close(fd)
             raise Unavailable("supervisor zygote is gone")
-        reply = json.loads(msg)
+        try:
+            reply = json.loads(msg)
+        except ValueError:
+            reply = {"error": f"garbled zygote reply {msg[:100]!r}", "kind": "Internal"}
         if "error" in reply or not fds:
             for fd in fds:
                 os.close(fd)
