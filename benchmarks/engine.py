@@ -429,8 +429,9 @@ def many(eng: Engine, res: Results, n: int, runs: int) -> None:
 def remove_containers(eng: Engine) -> None:
     with contextlib.suppress(BenchError, OSError, subprocess.SubprocessError):
         ids = eng.ok("ps", "-aq").split()
-        if ids:
-            eng.run("rm", "-f", *ids, timeout=300)
+        if ids:  # podman's rm -f waits 10 s for sleep (pid 1 ignores SIGTERM) unless -t 0
+            eng.run("rm", "-f", *(["-t", "0"] if eng.name == "podman" else []), *ids,
+                    timeout=300)
 
 
 # ---------------------------------------------------------------- cleanup

@@ -118,13 +118,13 @@ def test_sigterm_removes_socket_and_pidfile(tmp_path: Path) -> None:
     assert not d.sock.exists() and not d.pidfile.exists()
 
 
-def test_tcp_host_is_refused(tmp_path: Path) -> None:
+def test_tcp_host_without_tls_is_refused(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "ketch.cmd.ketchd", "-H", "tcp://0.0.0.0:2375",
                         "--data-root", str(tmp_path / "d"), "--exec-root", str(tmp_path / "e"),
                         "--pidfile", str(tmp_path / "p")],
                        capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 1
-    assert "only unix:// sockets are supported" in r.stderr
+    assert "refusing to listen on 'tcp://0.0.0.0:2375' without TLS" in r.stderr
     assert not (tmp_path / "p").exists()
 
 

@@ -93,6 +93,7 @@ class Engine:
             events=self.events, volumes=getattr(self, "volumes", None), zygote=zygote)
         self.execs = ExecService(self.containers)
         self.images.in_use = self.containers.in_use
+        self.images.running = self.containers.running_with
         self.system.counts = self._counts
         self.system.overrides = {
             "Runtimes": {n: {"path": self.containers.runtime_desc(n).get("path", "ketch")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # _socket, not socket: socket.py builds its enums and imports selectors (~3 ms a start)
 import _socket as socket
+import errno
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -227,7 +228,22 @@ def destroy_cgroup(cgroup: Any) -> None:
 
 
 def rmtree(path: str) -> None:
-    """Remove a container's state directory (flat: a few files), quietly."""
+    """Remove a container's state directory (flat: a few files), quietly.
+
+    A concurrent caller may recreate the lock file meanwhile (it then finds no state
+    and removes it again): an ENOTEMPTY is retried a few times.
+    """
+    for _ in range(5):
+        try:
+            _rmtree_once(path)
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+    _rmtree_once(path)
+
+
+def _rmtree_once(path: str) -> None:
     try:
         names = os.listdir(path)
     except FileNotFoundError:

@@ -131,6 +131,14 @@ class ContainerDir:
             raise NotFound(f"container {self.id} does not exist") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if not os.path.exists(self.state_file):
+                # A concurrent delete removed the container while we waited; our open
+                # may have recreated the lock file in its directory: take it back.
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, "lock"))
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.path)
+                raise NotFound(f"container {self.id} does not exist")
             yield
         finally:
             os.close(fd)

@@ -153,6 +153,12 @@ class ContainerService:
         """IDs of containers created from ``image_id`` (the image service's rmi check)."""
         return [c.id for c in self.store.all() if c.image_id == image_id]
 
+    def running_with(self, image_id: str) -> list[str]:
+        """IDs of running containers created from ``image_id`` (rmi -f refuses those)."""
+        return [c.id for c in self.store.all()
+                if c.image_id == image_id and c.state.status in ("running", "paused",
+                                                                 "restarting")]
+
     # ---- create ------------------------------------------------------------------
 
     async def create(self, name: str | None, body: Any) -> dict[str, Any]:
@@ -623,8 +629,11 @@ class ContainerService:
 
     def remove_files(self, c: Container, volumes: bool) -> None:
         setup.unmount(self, c)
-        with contextlib.suppress(Exception):
-            self.runtime(c.runtime).delete(c.id, force=True)
+        if not os.path.exists(os.path.join(self.bundle_dir(c), "sup.sock")):
+            # The supervisor deletes the runtime's state; this only clears what a lost
+            # supervisor left behind.
+            with contextlib.suppress(Exception):
+                self.runtime(c.runtime).delete(c.id, force=True)
         with contextlib.suppress(NotFound):
             self.snapshotter.remove(c.snapshot_key)
         shutil.rmtree(self.bundle_dir(c), ignore_errors=True)
