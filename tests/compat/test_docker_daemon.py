@@ -185,13 +185,13 @@ def test_attach_and_detach_with_the_escape_keys(ketchd_busybox: Ketchd) -> None:
     d = ketchd_busybox
     cid = _ok(d.docker("run", "-dit", "busybox", "sh")).strip()
     try:
-        rc, out = _pty_run(d, ["attach", cid], [(b"", b"echo attached-$((1+1))\r"),
+        _rc, out = _pty_run(d, ["attach", cid], [(b"", b"echo attached-$((1+1))\r"),
                                                 (b"attached-2", b"\x10\x11")])
         # The CLI ends its stream on the keys and says so (with dockerd too: exit status 1)
         assert b"attached-2" in out and b"read escape sequence" in out, out
         info = json.loads(_ok(d.docker("inspect", cid)))[0]
         assert info["State"]["Running"]  # detaching left it running
-        rc, out = _pty_run(d, ["attach", "--detach-keys", "ctrl-x", cid],
+        _rc, out = _pty_run(d, ["attach", "--detach-keys", "ctrl-x", cid],
                            [(b"", b"echo again\r"), (b"again", b"\x18")])
         assert b"again" in out and b"read escape sequence" in out
     finally:
