@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install check lint typecheck layers test test-unit test-root bench fmt
+.PHONY: help install check lint typecheck layers test test-unit test-root bench bench-engine fmt
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,3 +35,6 @@ test-root: ## integration tier (root, real kernel)
 
 bench: ## side-by-side benchmarks (ketch vs runc vs crun)
 	$(PY) benchmarks/runtime_run.py
+
+bench-engine: ## ketchd vs dockerd and podman, same docker CLI (needs --install-anchors once)
+	$(PY) benchmarks/engine.py

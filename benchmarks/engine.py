@@ -124,8 +124,10 @@ def kill_if(pid: int, start: int | None, sig: int = signal.SIGKILL) -> None:
 
 
 def error_line(p: subprocess.CompletedProcess[bytes]) -> str:
-    lines = (p.stderr or b"").decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else f"exit status {p.returncode}"
+    """The last stderr line that says something (not docker's "Run '... --help'" hint)."""
+    lines = [ln for ln in (p.stderr or b"").decode(errors="replace").splitlines()
+             if ln.strip() and not ln.startswith(("Run '", "See '"))]
+    return lines[-1].strip() if lines else f"exit status {p.returncode}"
 
 
 def ensure_anchors() -> None:
@@ -331,13 +333,13 @@ def setup(name: str, work: Path, tarball: bytes, bridge: bool) -> Engine:
             start_docker(eng, bridge)
         else:
             (start_ketch if name == "ketch" else start_podman)(eng)
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
+    except Exception as e:  # any failure is this column's n/a, never the script's end
         eng.error = str(e) or type(e).__name__
         return eng
     try:
         eng.ok("import", "-", eng.image if name == "podman" else "busybox:latest",
                stdin=tarball)
-    except (BenchError, subprocess.SubprocessError) as e:
+    except Exception as e:
         eng.error = f"image import: {e}"
     return eng
 
@@ -379,7 +381,7 @@ def time_runs(live: list[Engine], res: Results, runs: int) -> None:
                     continue
                 try:
                     dt = eng.timed(*argv, eng.image, "true")
-                except (BenchError, subprocess.SubprocessError) as e:
+                except Exception as e:
                     fig.error = f"run {i}: {e}"
                     continue
                 if i >= WARMUPS:
@@ -398,7 +400,7 @@ def many(eng: Engine, res: Results, n: int, runs: int) -> None:
                 raise BenchError(f"container {i + 1} of {n}: {error_line(p)}")
             ids.append(p.stdout.decode().strip())
         start.values.append(time.perf_counter() - t0)
-    except (BenchError, subprocess.SubprocessError) as e:
+    except Exception as e:
         start.error = ps.error = sup.error = str(e)
         return
     try:
@@ -410,7 +412,7 @@ def many(eng: Engine, res: Results, n: int, runs: int) -> None:
         for _ in range(WARMUPS):
             eng.timed("ps")
         ps.values = [eng.timed("ps") * 1000 for _ in range(runs)]
-    except (BenchError, ValueError, subprocess.SubprocessError) as e:
+    except Exception as e:
         ps.error = str(e)
     try:
         if not eng.inits or any(p <= 0 for p, _ in eng.inits):
@@ -422,7 +424,7 @@ def many(eng: Engine, res: Results, n: int, runs: int) -> None:
             raise BenchError(f"every init's parent is {comm(sups[0])}: no per-container process")
         sup.values = [pss_kb(s) / 1024 for s in sups]
         sup.note = f"{comm(sups[0])}, {len(set(sups))} processes"
-    except (BenchError, OSError) as e:
+    except Exception as e:
         sup.error = str(e)
 
 
@@ -491,9 +493,25 @@ def cgroup_dirs() -> set[str]:
 
 
 def remove_cgroups(dirs: set[str]) -> list[str]:
-    """rmdir the anchors' cgroup trees that this run created (they are empty by now)."""
+    """Kill what is left in the anchors' cgroup trees this run created, then rmdir them.
+
+    Only trees that did not exist before the run are touched, so whatever is in them
+    was started by it (a container that a signal caught half-created, say).
+    """
     left = []
     for top in dirs:
+        for _ in range(50):
+            procs = set()
+            for d, _, files in os.walk(top):
+                if "cgroup.procs" in files:
+                    with contextlib.suppress(OSError), open(f"{d}/cgroup.procs") as f:
+                        procs |= {int(p) for p in f.read().split()}
+            if not procs:
+                break
+            for pid in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
         for d, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
             try:
                 os.rmdir(d)
@@ -598,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     engines: list[Engine] = []
     cgroups_before, pids_before = cgroup_dirs(), all_pids()
     litter = [p for p in ANCHOR_LITTER if not os.path.lexists(p)]
+    netns_before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     res: Results = {m[0]: {} for m in METRICS}
     try:
         make_rootfs(str(work / "rootfs"))
@@ -611,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         for eng in engines:
             try:
                 res["idle"][eng.name] = daemon_pss(eng)
-            except (BenchError, OSError) as e:
+            except Exception as e:
                 res["idle"][eng.name] = Figure(error=str(e))
         live = [e for e in engines if e.error is None]
         time_runs(live, res, args.runs)
@@ -622,9 +641,13 @@ def main(argv: list[str] | None = None) -> int:
         report(res, engines, args)
     finally:
         if args.keep:
-            print(f"\n--keep: work dir {work}; daemons "
-                  + ", ".join(f"{e.name}[{e.proc.pid}]" for e in engines if e.proc)
-                  + "; netns " + ", ".join(e.netns.name for e in engines if e.netns))
+            print(f"\n--keep: left as they are (work dir {work}):")
+            for k in engines:
+                print(f"  {k.name}: " + (f"daemon pid {k.proc.pid}, " if k.proc else "")
+                      + (f"netns {k.netns.name}, " if k.netns else "")
+                      + " ".join(f"{n}={v}" for n, v in k.env.items()
+                                 if n in ("DOCKER_HOST", "DOCKER_CONFIG", "CONTAINERS_CONF"))
+                      + (f" {' '.join(k.cli)}" if k.name == "podman" else ""))
         else:
             left = []
             for eng in engines:
@@ -636,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
             left += remove_cgroups(cgroup_dirs() - cgroups_before)
             for p in litter:
                 shutil.rmtree(p, ignore_errors=True)
+            # podman names its containers' namespaces netns-<uuid>; a run cut short leaves one
+            now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+            for ns in now - netns_before:
+                if ns.startswith("netns-"):
+                    subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+                    left.append(f"deleted podman's netns {ns}")
             shutil.rmtree(work, ignore_errors=True)
             for line in left:
                 print(f"cleanup: {line}")

@@ -53,6 +53,7 @@ after it. Programs larger than BPF_MAXINSNS are refused.
 from __future__ import annotations
 
 import bisect
+import json
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -117,7 +118,31 @@ _Rule = tuple[tuple[_Cond, ...], int]
 _Outcome = int | tuple[tuple[_Rule, ...], int]
 
 
+_CACHE: dict[tuple[str, str | None], tuple[bytes, int]] = {}
+_CACHE_MAX = 8
+
+
 def compile_seccomp(cfg: Mapping[str, Any], arch: str | None = None) -> tuple[bytes, int]:
+    """Compile an OCI ``linux.seccomp`` object to ``(program, filter flags)``.
+
+    Results are cached by the object's canonical JSON (a few entries): the engine's
+    fork server compiles Docker's default profile once and every container forked
+    from it reuses the program. See :func:`_compile` for the contract.
+    """
+    try:
+        key = (json.dumps(cfg, sort_keys=True, separators=(",", ":")), arch)
+    except (TypeError, ValueError):
+        return _compile(cfg, arch)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _compile(cfg, arch)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = hit
+    return hit
+
+
+def _compile(cfg: Mapping[str, Any], arch: str | None = None) -> tuple[bytes, int]:
     """Compile an OCI ``linux.seccomp`` object to ``(program, filter flags)``.
 
     ``program`` is packed ``struct sock_filter`` instructions ready for
