@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
-from tests.compat.conftest import Ketchd
+from tests.compat.conftest import DOCKER, Ketchd
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -114,3 +116,57 @@ def test_info_df_and_prune(ketchd_busybox: Ketchd) -> None:
     assert cid in out
     r = d.docker("container", "inspect", cid)
     assert r.returncode != 0
+
+
+def test_stdin_is_piped_to_the_container(ketchd_busybox: Ketchd) -> None:
+    d = ketchd_busybox
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env.update(DOCKER_HOST=d.url, DOCKER_CONFIG=str(d.root / "docker-config"))
+    r = subprocess.run([DOCKER, "run", "-i", "--rm", "busybox", "sh", "-c",
+                        "tr a-z A-Z; echo done"], input="hello stdin\n", env=env,
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0 and r.stdout == "HELLO STDIN\ndone\n", r.stderr
+
+
+def test_custom_seccomp_profile_and_privileged_exec(ketchd_busybox: Ketchd, tmp_path: Path
+                                                    ) -> None:
+    d = ketchd_busybox
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    (tmp_path / "p.json").write_text(json.dumps(profile))
+    r = d.docker("run", "--rm", "--security-opt", f"seccomp={tmp_path / 'p.json'}", "busybox",
+                 "mkdir", "/x")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    cid = _ok(d.docker("run", "-d", "busybox", "sleep", "30")).strip()
+    try:
+        plain = _ok(d.docker("exec", cid, "grep", "CapEff", "/proc/self/status")).split()[1]
+        priv = _ok(d.docker("exec", "--privileged", cid, "grep", "CapEff",
+                            "/proc/self/status")).split()[1]
+        assert int(priv, 16) & (1 << 21) and not int(plain, 16) & (1 << 21)  # SYS_ADMIN
+    finally:
+        _ok(d.docker("rm", "-f", cid))
+
+
+def test_logs_since_until_and_ps_filters(ketchd_busybox: Ketchd) -> None:
+    d = ketchd_busybox
+    cid = _ok(d.docker("run", "-d", "--name", "chatty", "busybox", "sh", "-c",
+                       "echo early; sleep 1.2; echo late; sleep 30")).strip()
+    try:
+        time.sleep(2)
+        all_lines = _ok(d.docker("logs", "-t", cid)).splitlines()
+        assert [line.split(" ", 1)[1] for line in all_lines] == ["early", "late"]
+        late_ts = all_lines[1].split(" ", 1)[0]
+        assert _ok(d.docker("logs", "--since", late_ts, cid)) == "late\n"
+        assert _ok(d.docker("logs", "--until", late_ts, cid)).startswith("early\n")
+        assert _ok(d.docker("ps", "-q", "--no-trunc", "--filter", "name=chatt")).strip() == cid
+        assert _ok(d.docker("ps", "-q", "--filter", "status=exited", "--filter",
+                            "name=chatty")) == ""
+        assert cid.startswith(_ok(d.docker("ps", "-q", "--filter", "ancestor=busybox",
+                                           "--filter", "id=" + cid[:8])).strip())
+    finally:
+        _ok(d.docker("rm", "-f", cid))
+    done = _ok(d.docker("run", "-d", "busybox", "sh", "-c", "exit 3")).strip()
+    _ok(d.docker("wait", done))
+    assert _ok(d.docker("ps", "-aq", "--no-trunc", "--filter", "exited=3")).split() == [done]
+    out = _ok(d.docker("system", "prune", "-f"))
+    assert done in out

@@ -58,6 +58,10 @@ def _filters(request: Request) -> dict[str, list[str]]:
 def _log_time(text: str | None) -> int | None:
     if not text or text == "0":
         return None
+    sec, dot, frac = text.partition(".")
+    if sec.lstrip("-").isdigit() and (not dot or frac.isdigit()):
+        # Exactly, not through a float: the CLI sends nanoseconds ("1764489000.123456789").
+        return int(sec) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
     try:
         return int(float(text) * 1_000_000_000)
     except ValueError:

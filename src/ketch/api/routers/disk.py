@@ -1,7 +1,9 @@
 """``GET /system/df``: what images, containers and volumes take on disk.
 
-(``docker system prune`` is the client's sequence of the per-area prunes, which
-the images, containers and volumes routers serve.)
+``docker system prune`` is the client's sequence of per-area prunes: containers,
+images and volumes are served by their routers; networks (no user networks exist
+until bridge networking lands) and the build cache (no builder yet) answer here with
+nothing to delete.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ class DiskRouter:
         self.disk_usage = disk_usage
 
     def routes(self) -> list[Route]:
-        return [Route("GET", "/system/df", self.df)]
+        return [Route("GET", "/system/df", self.df),
+                Route("POST", "/networks/prune", self.networks_prune),
+                Route("POST", "/build/prune", self.build_prune)]
 
     async def df(self, request: Request) -> Response:
         return json_response(await asyncio.to_thread(self.disk_usage))
+
+    async def networks_prune(self, request: Request) -> Response:
+        return json_response({"NetworksDeleted": None})
+
+    async def build_prune(self, request: Request) -> Response:
+        return json_response({"CachesDeleted": None, "SpaceReclaimed": 0})
