@@ -214,3 +214,30 @@ def test_events_with_filters_since_and_until(ketchd_busybox: Ketchd) -> None:
                         "--filter", "event=die", "--filter", "container=evented",
                         "--format", "{{.Actor.Attributes.exitCode}}"))
     assert only.split() == ["0"]
+
+
+def test_config_file_and_default_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("conf")
+    bad = root / "bad.json"
+    bad.write_text('{"no-such-directive": 1}')
+    with pytest.raises(RuntimeError, match="unknown directive 'no-such-directive'"):
+        start_ketchd(root, "--config-file", str(bad))
+    if not shutil.which("runc"):
+        pytest.skip("runc not installed")
+    seed_busybox(root)
+    conf = root / "daemon.json"
+    conf.write_text(json.dumps({"default-runtime": "runc", "live-restore": True,
+                                "log-opts": {"max-size": "5m"}}))
+    d = start_ketchd(root, "--config-file", str(conf))
+    try:
+        info = json.loads(_ok(d.docker("info", "--format", "{{json .}}")))
+        assert info["DefaultRuntime"] == "runc" and info["LiveRestoreEnabled"] is True
+        cid = _ok(d.docker("create", "busybox", "echo", "hi")).strip()
+        inspect = json.loads(_ok(d.docker("inspect", cid)))[0]
+        assert inspect["HostConfig"]["Runtime"] == "runc"
+        assert inspect["HostConfig"]["LogConfig"]["Config"] == {"max-size": "5m"}
+        _ok(d.docker("start", "-a", cid))
+        assert _ok(d.docker("logs", cid)) == "hi\n"
+        _ok(d.docker("rm", cid))
+    finally:
+        stop_ketchd(d.proc)
