@@ -11,6 +11,7 @@ their restart policy brings them back with the daemon).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,62 @@ __all__ = ["restore", "shutdown"]
 log = logging.getLogger(__name__)
 
 
+def collect_orphans(svc: ContainerService) -> None:
+    """Release what a create or remove cut short by SIGKILL left without a record:
+    the container's snapshot (and its rootfs mount), its runtime state, its bundle
+    directory and its holds on volumes."""
+    import os
+    import shutil
+
+    known = {c.id for c in svc.store.all()}
+    for info in svc.snapshotter.walk():
+        if not info.key.startswith("container-"):
+            continue
+        cid = info.key[len("container-"):]
+        if cid in known:
+            continue
+        rootfs = os.path.join(svc.config.exec_root, "c", cid[:20], "rootfs")
+        with contextlib.suppress(OSError):
+            while os.path.ismount(rootfs):
+                from ketch.snapshot import unmount
+
+                unmount(rootfs, detach=True)
+        with contextlib.suppress(Exception):
+            svc.snapshotter.remove(info.key)
+        log.info("removed the snapshot of unrecorded container %s", cid[:12])
+    for name in svc.runtime_names():
+        try:
+            rt = svc.runtime(name)
+            states = rt.list()
+        except Exception:
+            continue
+        for st in states:
+            if st.get("id") not in known:
+                with contextlib.suppress(Exception):
+                    rt.delete(st["id"], force=True)
+                log.info("deleted runtime state of unrecorded container %s", st.get("id"))
+    cdir = os.path.join(svc.config.exec_root, "c")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(cdir):
+            if not any(k.startswith(entry) for k in known):
+                path = os.path.join(cdir, entry)
+                if not os.path.ismount(os.path.join(path, "rootfs")):
+                    shutil.rmtree(path, ignore_errors=True)
+    if svc.volumes is not None:
+        for vol in svc.volumes.list().get("Volumes") or []:
+            for holder in svc.volumes.users(vol["Name"]):
+                if holder not in known:
+                    svc.volumes.release(vol["Name"], holder)
+                    log.info("released volume %s held by unrecorded container %s",
+                             vol["Name"], holder[:12])
+
+
 async def restore(svc: ContainerService) -> None:
     """Re-attach to running containers after a daemon (re)start; apply restart policies."""
+    try:
+        await asyncio.to_thread(collect_orphans, svc)
+    except Exception as e:  # best effort: never keep the daemon from starting
+        log.warning("collecting leftovers of unrecorded containers failed: %s", e)
     from ketch.engine.containers.service import has_healthcheck
     from ketch.engine.supervisor import SupervisorClient
 
