@@ -96,11 +96,16 @@ def _mkdirs(root: str, path: str) -> None:
     for part in rel.split("/"):
         if part in ("", "."):
             continue
-        nxt = secure_join(root, os.path.relpath(os.path.join(cur, part), root))
+        nxt = os.path.join(cur, part)
         try:
             os.mkdir(nxt, 0o755)
         except FileExistsError:
-            pass
+            if stat.S_ISLNK(os.lstat(nxt).st_mode):  # resolve it inside root, like secure_join
+                nxt = secure_join(root, os.path.relpath(nxt, root))
+                try:
+                    os.mkdir(nxt, 0o755)
+                except FileExistsError:
+                    pass
         cur = nxt
 
 
