@@ -144,9 +144,10 @@ class APIConnection:
                 theirs = resp.header("api-version")
                 if theirs and () < _version_tuple(theirs) < _version_tuple(API_VERSION):
                     ver = theirs
-            except errors.KetchError as e:
-                if isinstance(e, ConnectionFailed):
-                    raise
+            except ConnectionFailed:
+                raise
+            except errors.KetchError:
+                pass  # an engine that fails /_ping is spoken to at our version
             self._version = ver
         return self._version
 
@@ -164,6 +165,8 @@ class APIConnection:
     def _exchange(self, method: str, target: str, body: Body | None,
                   headers: tuple[tuple[str, str], ...], conn: Connection | None
                   ) -> tuple[Response, Connection]:
+        # A reused connection may have been closed by the engine while idle; such a
+        # request is sent again on a new connection, if its body can be replayed.
         c = conn or self._take()
         reused = c.requests > 0
         try:

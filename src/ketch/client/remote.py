@@ -80,7 +80,8 @@ class _Waiter:
             return self._result
         if self._conn.closed:
             raise ConnectionFailed("the wait was closed")
-        if timeout is not None and not self._conn.rfile.peek(0):
+        if timeout is not None:
+            # nothing of the reply has been read yet, so the socket tells whether it came
             ready, _, _ = select.select([self._conn.sock], [], [], timeout)
             if not ready:
                 raise TimeoutError(f"container still running after {timeout} s")

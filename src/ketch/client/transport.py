@@ -95,9 +95,10 @@ def parse_host(url: str, *, ssl_context: ssl.SSLContext | None = None,
         if parts.scheme == "https" and ssl_context is None:
             ssl_context = ssl.create_default_context()
         port = parts.port or (2376 if tls else 2375)
-        family = socket.AF_INET6 if ":" in parts.hostname else socket.AF_INET
-        return Transport(url, family, (parts.hostname, port), f"{parts.hostname}:{port}",
-                         ssl_context, timeout)
+        v6 = ":" in parts.hostname
+        host = f"[{parts.hostname}]" if v6 else parts.hostname
+        return Transport(url, socket.AF_INET6 if v6 else socket.AF_INET,
+                         (parts.hostname, port), f"{host}:{port}", ssl_context, timeout)
     raise InvalidArgument(f"invalid host {url!r}: use unix:///path or tcp://host:port")
 
 

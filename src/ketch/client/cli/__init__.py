@@ -70,7 +70,7 @@ def _mount(sub: argparse._SubParsersAction[_Parser], cmd: Command, prefix: str) 
                        description=cmd.help, add_help=cmd.add_help,
                        usage=cmd.usage.replace("ketch ", prefix, 1) if cmd.usage else None)
     cmd.setup(p)
-    p.set_defaults(run=cmd.run)
+    p.set_defaults(run=cmd.run, prog=p.prog)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
         gsub = g.add_subparsers(dest="subverb", metavar="COMMAND")
         for cmd in cmds:
             _mount(gsub, cmd, f"ketch {name} ")
-        g.set_defaults(group=g)
+        g.set_defaults(group=g, prog=g.prog)
     return p
 
 
@@ -102,7 +102,10 @@ def main(argv: Sequence[str] | None = None, client: EngineClient | None = None, 
     """
     err = stderr or sys.stderr
     try:
-        args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args, extra = parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+        if extra:
+            raise UsageError(f"unknown flag: {extra[0]}\n"
+                             f"See '{getattr(args, 'prog', 'ketch')} --help'.", 125)
     except UsageError as e:
         err.write(f"ketch: {e}\n")
         return e.status
