@@ -92,6 +92,14 @@ def test_run_missing_command_is_127_and_leaves_container_created(ketchd_busybox:
     _ok(d.docker("rm", "-f", "nocmd"))
 
 
+def test_run_not_executable_is_126(ketchd_busybox: Ketchd) -> None:
+    r = ketchd_busybox.docker("run", "--rm", "busybox", "/etc/passwd")
+    assert r.returncode == 126 and "permission denied" in r.stderr
+    r = ketchd_busybox.docker("run", "--rm", "busybox", "no-such-command")
+    assert r.returncode == 127 and "executable file not found in $PATH" in r.stderr
+    assert _ok(ketchd_busybox.docker("ps", "-aq")) == ""  # --rm held after a failed start
+
+
 def test_run_it_with_a_tty(ketchd_busybox: Ketchd) -> None:
     rc, out = _pty_docker(ketchd_busybox, ["run", "--rm", "-it", "busybox", "sh"],
                           b"echo tty-$((6*7)); [ -t 0 ] && echo is-a-tty; exit 4\r")

@@ -86,6 +86,7 @@ def lookup(arg0: str, env: Mapping[str, str], cwd: str) -> str:
     else:
         candidates = [os.path.join(d or ".", arg0)
                       for d in env.get("PATH", DEFAULT_PATH).split(":")]
+    denied = ""
     for c in candidates:
         try:
             st = os.stat(c)
@@ -93,6 +94,9 @@ def lookup(arg0: str, env: Mapping[str, str], cwd: str) -> str:
             continue
         if stat.S_ISREG(st.st_mode) and os.access(c, os.X_OK):
             return c
+        denied = denied or ("is a directory: " if stat.S_ISDIR(st.st_mode) else "")
+        if "/" in arg0:  # there, but not something to execute (docker run exits 126)
+            raise InvalidArgument(f'exec: "{arg0}": {denied}permission denied')
     if "/" in arg0:
         raise InvalidArgument(f'exec: "{arg0}": stat {arg0}: no such file or directory')
     raise InvalidArgument(f'exec: "{arg0}": executable file not found in $PATH')
