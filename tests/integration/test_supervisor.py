@@ -2,7 +2,10 @@
 
 Each test gets a private runtime root, bundles and state dirs under its tmp dir;
 the ``box`` fixture force-deletes every container it made and waits for (or, as
-a last resort, kills) every supervisor it started.
+a last resort, kills) every supervisor it started. The ``zygote`` fixture runs
+every test twice: with the C holder taking over after ``start`` (built into a tmp
+dir when ``.venv/libexec/ketch-holder`` is missing or stale), and with
+``KETCH_HOLDER=none`` (the Python supervisor throughout).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +25,14 @@ from typing import Any
 
 import pytest
 
+from ketch.engine.logs.jsonfile import JSONFileLogDriver, JSONFileOptions, JSONFileReader
 from ketch.engine.supervisor import (
     FrameDecoder,
     SpawnRequest,
     SpawnResult,
     SupervisorClient,
     ZygoteHandle,
+    exec_socket_path,
     make_runtime,
     start_zygote,
     supervisor_pss_kib,
@@ -37,11 +43,38 @@ from ketch.runtime.state import proc_start_time
 
 RUNC = "/usr/sbin/runc"
 REPO = Path(__file__).resolve().parents[2]
+HOLDER_C = REPO / "src/ketch/engine/supervisor/holder.c"
 
 
 @pytest.fixture(scope="module")
-def zygote() -> Iterator[ZygoteHandle]:
-    z = start_zygote()
+def holder_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The holder binary: bootstrap's, or compiled here when that is missing or stale."""
+    built = Path(sys.prefix, "libexec", "ketch-holder")
+    if built.exists() and built.stat().st_mtime >= HOLDER_C.stat().st_mtime:
+        return str(built)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no ketch-holder built and no C compiler to build one")
+    out = tmp_path_factory.mktemp("holder") / "ketch-holder"
+    subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out),
+                    str(HOLDER_C)], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="module", params=["holder", "python"])
+def zygote(request: pytest.FixtureRequest) -> Iterator[ZygoteHandle]:
+    """A zygote whose supervisors exec the C holder at start, or stay Python."""
+    holder = request.getfixturevalue("holder_bin") if request.param == "holder" else "none"
+    old = os.environ.get("KETCH_HOLDER")
+    os.environ["KETCH_HOLDER"] = holder  # the zygote's environment is fixed at its fork
+    try:
+        z = start_zygote()
+    finally:
+        if old is None:
+            del os.environ["KETCH_HOLDER"]
+        else:
+            os.environ["KETCH_HOLDER"] = old
+    z.holder = None if holder == "none" else holder  # type: ignore[attr-defined]
     try:
         yield z
     finally:
@@ -67,12 +100,14 @@ class Box:
         else:
             self.runtime = {"name": runtime, "path": RUNC, "root": str(tmp / "rt")}
         self.rt = make_runtime(self.runtime)
+        self.holder: str | None = getattr(zygote, "holder", None)
         self.ids: list[str] = []
         self.sups: list[int] = []
         self.n = 0
 
     def request(self, args: list[str], *, tty: bool = False, open_stdin: bool = False,
-                stdin_once: bool = False, rootfs: str | None = None) -> SpawnRequest:
+                stdin_once: bool = False, rootfs: str | None = None,
+                log_opts: dict[str, str] | None = None) -> SpawnRequest:
         self.n += 1
         cid = f"t-{uuid.uuid4().hex[:10]}"
         bundle = make_bundle(str(self.tmp / f"b{self.n}"), args, terminal=tty, rootfs=rootfs)
@@ -80,12 +115,21 @@ class Box:
         return SpawnRequest(id=cid, bundle=bundle, state_dir=str(self.tmp / f"s{self.n}"),
                             runtime=self.runtime, open_stdin=open_stdin, stdin_once=stdin_once,
                             log={"driver": "json-file", "path": str(self.tmp / f"l{self.n}.log"),
-                                 "opts": {}})
+                                 "opts": log_opts or {}})
 
     def spawn(self, req: SpawnRequest) -> tuple[SpawnResult, SupervisorClient]:
         res = self.zygote.spawn(req)
         self.sups.append(res.supervisor_pid)
         return res, SupervisorClient(req.state_dir)
+
+    def deleted_by_daemon(self, cid: str) -> None:
+        """What ketchd's ``on_exit`` does once the supervisor is gone: a holder leaves
+        the runtime's state to it, the Python supervisor deletes it itself."""
+        if self.holder is not None:
+            assert box_state(self, cid) == "stopped"
+            self.rt.delete(cid, force=True)
+        with pytest.raises(NotFound):
+            self.rt.state(cid)
 
     def cleanup(self) -> None:
         # Kill, and let each supervisor delete its container (a concurrent delete of
@@ -113,6 +157,11 @@ def box(request: pytest.FixtureRequest, tmp_path: Path, zygote: ZygoteHandle) ->
         yield b
     finally:
         b.cleanup()
+
+
+def box_state(box: Box, cid: str) -> str:
+    status: str = box.rt.state(cid)["status"]
+    return status
 
 
 def _process(req: SpawnRequest, args: list[str], terminal: bool = False) -> dict[str, Any]:
@@ -185,8 +234,9 @@ def test_attach_frames_log_and_exit_code(box: Box) -> None:
         client.start()
     entries = [json.loads(line) for line in Path(req.log["path"]).read_text().splitlines()]
     assert [(e["stream"], e["log"]) for e in entries] == [("stdout", "out\n"), ("stderr", "err\n")]
-    with pytest.raises(NotFound):
-        box.rt.state(req.id)
+    read = [(e.stream, e.data) for e in JSONFileReader(req.log["path"]).read()]
+    assert read == [("stdout", b"out\n"), ("stderr", b"err\n")]
+    box.deleted_by_daemon(req.id)
 
 
 def test_tty_attach_stdin_resize_and_exit(box: Box) -> None:
@@ -281,8 +331,10 @@ def test_supervisor_survives_daemon_and_zygote(box: Box, how: str) -> None:
         "    z.close()\n"
         "    sys.exit(0)\n"
         "sys.stdin.read()\n")
+    env = dict(os.environ, KETCH_HOLDER=box.holder or "none")
     with subprocess.Popen([sys.executable, "-c", script, req.to_json().decode(), how],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO) as daemon:
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+                          env=env) as daemon:
         try:
             sup, init, zpid = json.loads(daemon.stdout.readline())  # type: ignore[union-attr]
             box.sups.append(sup)
@@ -302,8 +354,9 @@ def test_supervisor_survives_daemon_and_zygote(box: Box, how: str) -> None:
     assert client.state()["status"] == "created"
     client.start()
     assert client.state() == {"status": "running", "pid": init, "exit": None}
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition, match="already started"):
         client.start()
+    assert _exe(sup) == (box.holder or os.path.realpath(sys.executable))
     box.rt.kill(req.id, signal.SIGKILL)
     assert client.wait(timeout=15)["exit_code"] == 137
     assert _gone(sup, 10)
@@ -318,7 +371,8 @@ def test_exec_output_and_exit_code(box: Box) -> None:
     proc = _process(req, ["/bin/sh", "-c", "echo x; echo y >&2; exit 4"])
 
     async def early() -> None:
-        _pid, _reader, writer = await client.open_exec("e0", proc, False, True, True, [])
+        _pid, _reader, writer = await client.open_exec("e0", proc, False, True, True, [],
+                                                    zygote=box.zygote)
         await _close(writer)
 
     with pytest.raises(FailedPrecondition):  # not started yet
@@ -326,13 +380,15 @@ def test_exec_output_and_exit_code(box: Box) -> None:
     client.start()
 
     async def run() -> tuple[int, bytes]:
-        pid, reader, writer = await client.open_exec("e1", proc, False, True, True, [])
+        pid, reader, writer = await client.open_exec("e1", proc, False, True, True, [],
+                                                    zygote=box.zygote)
         data = await _read_all(reader)
         await _close(writer)
         return pid, data
 
     pid, data = asyncio.run(run())
     assert _streams(data) == {1: b"x\n", 2: b"y\n"}
+    assert not Path(exec_socket_path(req.state_dir, "e1")).exists()
     assert client.exec_state("e1") == {"running": False, "pid": pid, "exit_code": 4}
     assert json.loads(Path(req.state_dir, "execs", "e1.json").read_text()) == {
         "pid": pid, "running": False, "exit_code": 4}
@@ -340,7 +396,8 @@ def test_exec_output_and_exit_code(box: Box) -> None:
         client.exec_state("nope")
 
     async def dup() -> None:
-        _pid, _reader, writer = await client.open_exec("e1", proc, False, True, True, [])
+        _pid, _reader, writer = await client.open_exec("e1", proc, False, True, True, [],
+                                                    zygote=box.zygote)
         await _close(writer)
 
     with pytest.raises(KetchError, match="already exists"):
@@ -357,7 +414,10 @@ def test_exec_with_terminal(box: Box) -> None:
     proc = _process(req, ["/bin/sh"], terminal=True)
 
     async def run() -> bytes:
-        _pid, reader, writer = await client.open_exec("t1", proc, True, True, False, [])
+        pid, reader, writer = await client.open_exec("t1", proc, True, True, False, [],
+                                                   zygote=box.zygote)
+        assert _comm(_ppid(pid)) == "kexec-t1"  # its own exec supervisor reaps it
+        assert client.exec_state("t1") == {"running": True, "pid": pid, "exit_code": None}
         await asyncio.to_thread(client.resize, 21, 61, "t1")
         writer.write(b"tty; stty size; exit 2\n")
         data = await _read_all(reader)
@@ -390,6 +450,8 @@ def test_killed_by_signal_and_runtime_cleanup(box: Box) -> None:
     assert client2.wait(timeout=15)["exit_code"] == 137
     for r in (res, res2):
         assert _gone(r.supervisor_pid, 10)
+    for r2 in (req, req2):
+        box.deleted_by_daemon(r2.id)
     assert box.rt.list() == []
 
 
@@ -445,3 +507,101 @@ def test_memory_of_idle_supervisors(box: Box, capsys: pytest.CaptureFixture[str]
             print(f"\nsupervisor PSS with {n} idle: mean {sum(vs) / len(vs):.0f} KiB "
                   f"(min {min(vs)}, max {max(vs)}); "
                   f"zygote {supervisor_pss_kib(box.zygote.pid)} KiB")
+
+
+# ---- the holder ---------------------------------------------------------------------------
+
+def _exe(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/exe")
+
+
+def _ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def test_holder_takes_over_keeps_init_and_clients(box: Box) -> None:
+    req = box.request(["/bin/sh", "-c", "read x; echo got-$x; exit 7"], open_stdin=True)
+    res, client = box.spawn(req)
+    sup = res.supervisor_pid
+    python_exe = _exe(sup)
+    assert _ppid(res.init_pid) == sup
+
+    async def run() -> tuple[bytes, dict[str, Any]]:
+        # an attach and a wait connected before start travel through the handover
+        waiter = asyncio.create_task(asyncio.to_thread(client.wait, 15))
+        reader, writer = await client.open_attach(True, True, True, [16, 17])
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(client.start)
+        deadline = time.monotonic() + 5
+        while box.holder is not None and _exe(sup) != box.holder:
+            assert time.monotonic() < deadline, "the supervisor did not exec the holder"
+            await asyncio.sleep(0.01)
+        assert _ppid(res.init_pid) == sup  # same pid, still the init's parent
+        assert _comm(sup) == f"ksup-{req.id[:10]}"
+        leaked = [os.readlink(f"/proc/{sup}/fd/{n}") for n in os.listdir(f"/proc/{sup}/fd")]
+        assert not [x for x in leaked if "memfd" in x]
+        assert client.state() == {"status": "running", "pid": res.init_pid, "exit": None}
+        writer.write(b"abc\n")
+        data = await _read_all(reader)
+        await _close(writer)
+        return data, await waiter
+
+    data, exited = asyncio.run(run())
+    assert _streams(data) == {1: b"got-abc\n", 2: b""}
+    assert exited["exit_code"] == 7 and client.wait() == exited
+    assert _gone(sup, 10)
+    assert python_exe == os.path.realpath(sys.executable)
+    assert not Path(req.state_dir, "sup.sock").exists()
+    assert not Path(req.state_dir, "sup.log").exists()  # nothing went wrong
+    box.deleted_by_daemon(req.id)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_log_rotation_read_back(box: Box, compress: bool) -> None:
+    opts = {"max-size": "1k", "max-file": "3", **({"compress": "true"} if compress else {})}
+    req = box.request(["/bin/sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; "
+                       "i=$((i+1)); done"], log_opts=opts)
+    _res, client = box.spawn(req)
+    client.start()
+    assert client.wait(timeout=15)["exit_code"] == 0
+    path = req.log["path"]
+    rotated = [f"{path}.{i}{'.gz' if compress else ''}" for i in (1, 2)]
+    assert all(os.path.exists(p) for p in rotated) and not os.path.exists(f"{path}.3")
+    if compress:
+        assert all(Path(p).read_bytes()[:2] == b"\x1f\x8b" for p in rotated)
+    assert all(os.path.getsize(p) <= 1024 for p in (path, *([] if compress else rotated)))
+    got = [e.data for e in JSONFileReader(path, max_files=3).read()]
+    assert 20 < len(got) < 300
+    assert got == [f"line-{i}\n".encode() for i in range(300 - len(got), 300)]
+
+
+def test_log_bytes_identical_to_python_writer(box: Box) -> None:
+    """Control characters, HTML characters, U+2028/9, invalid UTF-8, a line over 16 KiB
+    and an unterminated last line: the same bytes as ketch.engine.logs.jsonfile writes."""
+    payload = (bytes(range(32)) + b'"\\<>&\x7f/' + "é€😀\u2028\u2029\n".encode()
+               + b"\xff\xfe\xc3\x28\xe2\x82\x28\xed\xa0\x80\xf0\x9f\x98\xc0\xaf\xf4\x90\x80\x80\n"
+               + b"".join(b"%05d," % i for i in range(7000)) + b"\xe2\x82\xac\n"
+               + b"no newline at the end \xe2\x82")
+    rootfs = box.tmp / "rootfs"
+    make_rootfs(str(rootfs))
+    (rootfs / "payload").write_bytes(payload)
+    req = box.request(["/bin/cat", "/payload"], rootfs=str(rootfs))
+    _res, client = box.spawn(req)
+    client.start()
+    assert client.wait(timeout=15)["exit_code"] == 0
+    ref = box.tmp / "ref.log"
+    w = JSONFileLogDriver(ref, JSONFileOptions(), clock=lambda: 1)
+    w.write("stdout", payload)
+    w.close()
+
+    def untimed(p: Path) -> list[bytes]:
+        return [line.rsplit(b',"time":', 1)[0] for line in p.read_bytes().splitlines()]
+
+    assert untimed(Path(req.log["path"])) == untimed(ref)
+    assert len(untimed(ref)) >= 6
+    back = [e.data for e in JSONFileReader(req.log["path"]).read()]
+    assert back == [e.data for e in JSONFileReader(ref).read()]
+    assert b"".join(back).startswith(payload[:payload.index(b"\xff")])

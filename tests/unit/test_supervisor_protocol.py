@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from ketch.engine.supervisor import SupervisorClient
+from ketch.engine.supervisor.handover import holder_path
 from ketch.engine.supervisor.protocol import (
     DEFAULT_DETACH_KEYS,
     DetachScanner,
+    ExecRequest,
     FrameDecoder,
     SpawnRequest,
     error_from_wire,
     error_to_wire,
+    exec_socket_path,
     exit_code_of,
     frame,
     parse_detach_keys,
@@ -286,3 +293,158 @@ def test_client_without_supervisor(tmp_path: Path) -> None:
     assert client.wait() == exited
     with pytest.raises(Unavailable, match="exited"):
         client.start()
+    with pytest.raises(NotFound, match="No such exec instance: e1"):
+        client.exec_state("e1")
+    (tmp_path / "execs").mkdir()
+    (tmp_path / "execs" / "e1.json").write_text('{"pid": 7, "running": false, "exit_code": 3}')
+    assert client.exec_state("e1") == {"running": False, "pid": 7, "exit_code": 3}
+
+
+# ---- exec requests, the holder's location ---------------------------------------------------
+
+
+def test_exec_socket_path_is_short_and_distinct() -> None:
+    state_dir = "/" + "d" * 70
+    a = exec_socket_path(state_dir, "health-0123456789ab-1")
+    b = exec_socket_path(state_dir, "health-0123456789ab-2")
+    assert a != b and a.startswith(state_dir + "/x-") and a.endswith(".sock")
+    assert len(exec_socket_path(state_dir, "f" * 128).encode()) < 100
+    req = ExecRequest(id="c1", state_dir=state_dir, runtime={"name": "ketch", "root": "/r"},
+                      exec_id="e1", process={"args": ["true"]}, stdout=True)
+    assert json.loads(req.to_json())["exec"]["exec_id"] == "e1"
+    bad: list[dict[str, object]] = [{"exec_id": "a b"}, {"process": {"args": []}},
+                                    {"state_dir": "rel"}, {"state_dir": "/" + "d" * 100},
+                                    {"stdin": 1}]
+    for kw in bad:
+        args = {"id": "c1", "state_dir": state_dir, "runtime": {"name": "ketch"},
+                "exec_id": "e1", "process": {"args": ["true"]}, **kw}
+        with pytest.raises(InvalidArgument):
+            ExecRequest(**args)  # type: ignore[arg-type]
+
+
+def test_holder_path_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KETCH_HOLDER", "none")
+    assert holder_path() is None
+    monkeypatch.setenv("KETCH_HOLDER", str(tmp_path / "missing"))
+    assert holder_path() is None  # not built: the Python supervisor carries on
+    exe = tmp_path / "ketch-holder"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("KETCH_HOLDER", str(exe))
+    assert holder_path() == str(exe)
+
+
+def test_scanner_state_for_the_handover() -> None:
+    s = DetachScanner([16, 17])
+    assert s.feed(b"ab\x10") == (b"ab", False)
+    assert (s.keys, s.held) == (b"\x10\x11", 1)
+
+
+# ---- the C holder, without a container (no root) --------------------------------------------
+
+HOLDER_C = Path(__file__).resolve().parents[2] / "src/ketch/engine/supervisor/holder.c"
+
+
+@pytest.fixture(scope="module")
+def holder_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    built = Path(sys.prefix, "libexec", "ketch-holder")
+    if built.exists() and built.stat().st_mtime >= HOLDER_C.stat().st_mtime:
+        return str(built)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no ketch-holder built and no C compiler to build one")
+    out = tmp_path_factory.mktemp("holder") / "ketch-holder"
+    subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out),
+                    str(HOLDER_C)], check=True)
+    return str(out)
+
+
+def _start_holder(holder: str, d: Path, script: str) -> int:
+    """Fork a process that starts ``sh -c script`` (stdout into a pipe) and execs the
+    holder with a handover document for it, as a supervisor would."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lst.bind(str(d / "sup.sock"))
+            lst.listen(8)
+            r, w = os.pipe()
+            child = os.fork()
+            if child == 0:
+                os.dup2(w, 1)
+                os.execv("/bin/sh", ["sh", "-c", script])
+            os.close(w)
+            os.set_blocking(r, False)
+            lst.setblocking(False)
+            doc = {"id": "c1", "state_dir": str(d), "name": "ksup-c1", "init_pid": child,
+                   "tty": False, "stdin_once": False, "listener": lst.fileno(), "master": -1,
+                   "sources": [{"fd": r, "stream": "stdout"}], "sink": None, "conns": [],
+                   "log": {"path": str(d / "c.log"), "max_size": -1, "max_file": 1,
+                           "compress": False, "pending": []}, "oom": None}
+            mfd = os.memfd_create("doc", 0)
+            os.write(mfd, json.dumps(doc).encode())
+            for fd in (lst.fileno(), r):
+                os.set_inheritable(fd, True)
+            os.execv(holder, [holder, str(mfd)])
+        finally:
+            os._exit(127)
+    return pid
+
+
+def _ask(path: Path, line: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(line + b"\n")
+        return s.makefile("rb").readline()
+
+
+def test_holder_requests_match_the_python_supervisor(holder_bin: str, tmp_path: Path) -> None:
+    pid = _start_holder(holder_bin, tmp_path, "echo hello; exec sleep 100")
+    try:
+        sock = tmp_path / "sup.sock"
+        deadline = time.monotonic() + 10
+        while b"hello" not in (tmp_path / "c.log").read_bytes() if (tmp_path / "c.log").exists() \
+                else True:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        bad: list[object] = [
+            [], {}, {"op": "nope"}, {"op": "attach", "stdin": 1},
+            {"op": "attach", "detach_keys": [300]}, {"op": "attach", "detach_keys": "x"},
+            {"op": "resize", "height": 1}, {"op": "resize", "height": 70000, "width": 1},
+            {"op": "resize", "height": 1.5, "width": 1},
+            {"op": "resize", "exec_id": "a b", "height": 1, "width": 1},
+            {"op": "resize", "exec_id": 3, "height": 1, "width": 1}]
+        for req in bad:
+            try:
+                validate_request(req)
+                raise AssertionError(f"{req} is valid")
+            except InvalidArgument as e:
+                want = json.dumps(error_to_wire(e)).encode() + b"\n"
+            assert _ask(sock, json.dumps(req).encode()) == want, req
+        assert _ask(sock, b"not json") == \
+            b'{"error": "request is not JSON", "kind": "InvalidArgument"}\n'
+        exec_req = {"op": "exec", "exec_id": "x", "process": {"args": ["a"]}}
+        assert json.loads(_ask(sock, json.dumps(exec_req).encode())) == {
+            "error": "unknown op 'exec'", "kind": "InvalidArgument"}
+        assert json.loads(_ask(sock, b'{"op": "start"}')) == {
+            "error": "container c1 is already started", "kind": "FailedPrecondition"}
+        assert json.loads(_ask(sock, b'{"op": "resize", "height": 1, "width": 2}')) == {
+            "error": "container c1 has no terminal", "kind": "FailedPrecondition"}
+        state = json.loads(_ask(sock, b'{"op": "state"}'))
+        assert state["status"] == "running" and state["exit"] is None and state["pid"] > 0
+        assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(holder_bin)
+        os.kill(state["pid"], signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    exited = json.loads((tmp_path / "exit.json").read_text())
+    assert exited["exit_code"] == 137 and exited["oom_killed"] is False
+    assert not sock.exists()
+    line = (tmp_path / "c.log").read_bytes()
+    assert line.startswith(b'{"log":"hello\\n","stream":"stdout","time":"')

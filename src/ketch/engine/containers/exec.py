@@ -142,7 +142,8 @@ class ExecService:
         e.started = True
 
         async def launch() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            pid, sr, sw = await sup.open_exec(exec_id, proc, stdin, stdout, stderr, keys)
+            pid, sr, sw = await sup.open_exec(exec_id, proc, stdin, stdout, stderr, keys,
+                                              zygote=self.containers.zygote)
             e.pid, e.running = pid, True
             self.containers._event(c, f"exec_start: {' '.join(cfg['Cmd'])}",
                                    execID=exec_id)

@@ -62,7 +62,7 @@ async def _check(svc: ContainerService, c: Container, lv: _Live, cmd: list[str],
     proc["args"] = cmd
     proc["terminal"] = False
     exec_id = f"health-{c.id[:12]}-{n}"
-    pid, sr, sw = await sup.open_exec(exec_id, proc, False, True, True, [])
+    pid, sr, sw = await sup.open_exec(exec_id, proc, False, True, True, [], zygote=svc.zygote)
     out = bytearray()
 
     async def read_all() -> None:

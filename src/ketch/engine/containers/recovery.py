@@ -25,6 +25,26 @@ __all__ = ["restore", "shutdown"]
 log = logging.getLogger(__name__)
 
 
+def _kill_supervisor(pidfile: str) -> None:
+    """SIGKILL the supervisor named in ``pidfile`` if it still runs (checked by its name)."""
+    import os
+    import signal
+    import time
+
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/comm") as f:
+                if not f.read().startswith(("ksup-", "ketch-holder")):
+                    return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        return
+
+
 def collect_orphans(svc: ContainerService) -> None:
     """Release what a create or remove cut short by SIGKILL left without a record:
     the container's snapshot (and its rootfs mount), its runtime state, its bundle
@@ -33,6 +53,16 @@ def collect_orphans(svc: ContainerService) -> None:
     import shutil
 
     known = {c.id for c in svc.store.all()}
+    for c in svc.store.all():
+        # A start cut short after the supervisor created the container: the record
+        # never said "running", so nobody will start or stop it. Undo the create.
+        sock = os.path.join(svc.bundle_dir(c), "sup.sock")
+        if c.state.status not in ("running", "paused", "restarting") and os.path.exists(sock):
+            with contextlib.suppress(Exception):
+                svc.runtime(c.runtime).delete(c.id, force=True)
+            _kill_supervisor(os.path.join(svc.bundle_dir(c), "sup.pid"))
+            log.info("container %s: undid a start interrupted by the daemon's death",
+                     c.short_id)
     for info in svc.snapshotter.walk():
         if not info.key.startswith("container-"):
             continue

@@ -365,6 +365,7 @@ class ContainerService:
         await self.on_exit(c, lv, ex)
 
     async def on_exit(self, c: Container, lv: _Live, ex: Mapping[str, Any]) -> None:
+        log.debug("container %s exited (%s)", c.short_id, ex.get("exit_code"))
         if lv.health_task is not None:
             lv.health_task.cancel()
             lv.health_task = None
@@ -384,6 +385,12 @@ class ContainerService:
             lv.sup = None
             lv.sup_ready.clear()
             lv.monitor = None
+            if not os.path.exists(os.path.join(self.bundle_dir(c), "sup.sock")):
+                # The supervisor is gone; a holder (the C one) leaves the runtime's state
+                # (cgroup, mounts) to us. A Python supervisor deleted it already.
+                rt = self.runtime(c.runtime)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(lambda: rt.delete(c.id, force=True))
             await asyncio.to_thread(setup.unmount, self, c)
             restart = not self.closing and not lv.stopping and should_restart(
                 c.host_config.get("RestartPolicy") or {}, c.state.exit_code, c.restart_count,
@@ -623,6 +630,7 @@ class ContainerService:
             await asyncio.to_thread(self.remove_files, c, volumes)
             self.live_all.pop(c.id, None)
         self._event(c, "destroy")
+        log.debug("container %s removed", c.short_id)
         for fut in lv.removed:
             if not fut.done():
                 fut.set_result({"StatusCode": c.state.exit_code, "Error": None})

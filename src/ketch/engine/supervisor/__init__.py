@@ -14,20 +14,28 @@ Lifecycle of one container::
         → SpawnResult(supervisor_pid, init_pid)      status "created"
     SupervisorClient.open_attach(...)  attach clients connect (before start, so
                                        they see the first byte)
-    SupervisorClient.start()           runtime.start              status "running"
-    ... output → log driver + attach clients; exec; resize; kills go through the
+    SupervisorClient.start()           runtime.start              status "running";
+                                       then the supervisor execs the C holder
+                                       (``handover``, ``holder.c``) unless
+                                       KETCH_HOLDER=none or it is not built
+    ... output → log driver + attach clients; resize; kills go through the
         runtime (make_runtime(desc).kill) from ketchd, never via the supervisor
-    init exits → output drained (≤ 2 s) → log closed → runtime.delete →
-        exit.json → waits answered, connections closed → sup.sock removed → exit
+    SupervisorClient.open_exec(..., zygote=z)   an exec supervisor per exec
+                                       (``execsup``), on <state_dir>/x-<hash>.sock
+    init exits → output drained (≤ 2 s) → log closed → [Python: runtime.delete] →
+        exit.json → waits answered, connections closed → sup.sock removed → exit;
+        with the holder, ketchd deletes the runtime state once sup.sock is gone
                                                       status "exited"
 
 State directory (``SpawnRequest.state_dir``; files written atomically)::
 
     sup.sock          control/attach socket, 0600 (gone once the supervisor exited)
-    sup.pid           the supervisor's pid
+    sup.pid           the supervisor's pid (the holder keeps it)
     init.pid          the container init's host pid
+    spawn.json        the spawn request (what exec supervisors need)
     exit.json         {"exit_code", "finished_at", "oom_killed", "error"} once exited
     execs/<id>.json   {"pid", "running", "exit_code"} per exec
+    x-<hash>.sock     an exec supervisor's socket (attach, resize, exec-state)
     sup.log           the supervisor's own tracebacks (removed when empty)
 
 Control protocol on ``sup.sock``: one JSON request line, one JSON reply line
@@ -35,19 +43,17 @@ Control protocol on ``sup.sock``: one JSON request line, one JSON reply line
 
     attach      {"stdin","stdout","stderr": bool, "detach_keys": [int]} → raw stream
     start       → ok
-    resize      {"height","width"[, "exec_id"]} → ok
+    resize      {"height","width"} → ok
     wait        → {"exit": {...}} once the container exited
     state       → {"status", "pid", "exit"}
-    exec        {"exec_id", "process": OCI process, "stdin","stdout","stderr",
-                 "detach_keys"} → {"pid"} then the exec's raw stream
-    exec-state  {"exec_id"} → {"running", "pid", "exit_code"}
 
 Streams carry Docker's multiplexed frames (8-byte header: stream 1/2, three zero
 bytes, big-endian length) unless the process has a terminal (raw bytes).
 See docs/supervisor.md for the rules on stdin EOF, detach keys and draining.
 
 Modules: ``protocol`` (wire shapes, framing, detach keys), ``zygote`` (fork server,
-``make_runtime``), ``shim`` (a supervisor's lifecycle and requests), ``loop`` (its
+``make_runtime``), ``shim`` (a supervisor's lifecycle and requests), ``handover``
+(exec of the C holder), ``execsup`` (exec supervisors), ``loop`` (its
 epoll I/O), ``launch`` (process plumbing: helper children, stdio, setup), ``client``.
 """
 
@@ -55,9 +61,12 @@ from ketch.engine.supervisor.client import SupervisorClient
 from ketch.engine.supervisor.protocol import (
     DEFAULT_DETACH_KEYS,
     DetachScanner,
+    ExecRequest,
+    ExecResult,
     FrameDecoder,
     SpawnRequest,
     SpawnResult,
+    exec_socket_path,
     frame,
     parse_detach_keys,
 )
@@ -66,11 +75,14 @@ from ketch.engine.supervisor.zygote import ZygoteHandle, make_runtime, start_zyg
 __all__ = [
     "DEFAULT_DETACH_KEYS",
     "DetachScanner",
+    "ExecRequest",
+    "ExecResult",
     "FrameDecoder",
     "SpawnRequest",
     "SpawnResult",
     "SupervisorClient",
     "ZygoteHandle",
+    "exec_socket_path",
     "frame",
     "make_runtime",
     "parse_detach_keys",

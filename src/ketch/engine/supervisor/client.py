@@ -1,12 +1,14 @@
 """``SupervisorClient``: how ketchd talks to one container's supervisor.
 
 Every call opens a connection to ``<state_dir>/sup.sock``, sends one JSON
-request line and reads one JSON reply line; ``attach`` and ``exec`` then keep the
-connection as the raw stdio stream. Errors the supervisor reports come back as
-their ``ketch.errors`` class. Once the supervisor is gone, ``state``, ``wait``,
-``await_exit`` and ``read_exit`` answer from ``exit.json``; other calls raise
-``Unavailable`` (exited, or a stale socket) or ``NotFound`` (no supervisor ever
-lived there).
+request line and reads one JSON reply line; ``attach`` then keeps the connection
+as the raw stdio stream. Execs run in their own exec supervisor, which
+:meth:`SupervisorClient.open_exec` has the zygote start, and whose socket
+(``x-<hash>.sock``) carries the exec's stream and its resizes. Errors the
+supervisor reports come back as their ``ketch.errors`` class. Once the supervisor
+is gone, ``state``, ``wait``, ``await_exit`` and ``read_exit`` answer from
+``exit.json``; other calls raise ``Unavailable`` (exited, or a stale socket) or
+``NotFound`` (no supervisor ever lived there).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import errno
 import json
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ketch.engine.supervisor.protocol import error_from_wire
-from ketch.errors import Internal, NotFound, Unavailable
+from ketch.engine.supervisor.protocol import ExecRequest, error_from_wire, exec_socket_path
+from ketch.errors import FailedPrecondition, Internal, NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from ketch.engine.supervisor.zygote import ZygoteHandle
 
 __all__ = ["SupervisorClient"]
 
@@ -63,13 +68,16 @@ class SupervisorClient:
 
     # ---- blocking calls ------------------------------------------------------------------
 
-    def _call(self, req: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+    def _call(self, req: dict[str, Any], timeout: float | None = 30.0,
+              path: str | None = None) -> dict[str, Any]:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(timeout)
             try:
-                s.connect(self.socket_path)
+                s.connect(path or self.socket_path)
             except OSError as e:
+                if path is not None:
+                    raise self._exec_gone(req.get("exec_id", "")) from None
                 raise self._gone(e) from None
             try:
                 s.sendall(json.dumps(req).encode() + b"\n")
@@ -110,9 +118,17 @@ class SupervisorClient:
     def resize(self, height: int, width: int, exec_id: str | None = None) -> None:
         """Set the terminal size of the container (or of exec ``exec_id``)."""
         req: dict[str, Any] = {"op": "resize", "height": height, "width": width}
-        if exec_id is not None:
+        if exec_id is None:
+            self._call(req)
+        else:
             req["exec_id"] = exec_id
-        self._call(req)
+            self._call(req, path=exec_socket_path(self.state_dir, exec_id))
+
+    def _exec_gone(self, exec_id: str) -> Exception:
+        doc = self.read_exec(exec_id)
+        if doc is None:
+            return NotFound(f"No such exec instance: {exec_id}")
+        return FailedPrecondition(f"exec {exec_id} is not running")
 
     def state(self) -> dict[str, Any]:
         """``{"status": "created"|"running"|"exited", "pid": init, "exit": {...}|None}``."""
@@ -146,24 +162,31 @@ class SupervisorClient:
         return doc
 
     def exec_state(self, exec_id: str) -> dict[str, Any]:
-        """``{"running": bool, "pid": n, "exit_code": n|None}``; after the supervisor
-        is gone, from ``execs/<id>.json``."""
+        """``{"running": bool, "pid": n, "exit_code": n|None}`` from ``execs/<id>.json``
+        (its exec supervisor rewrites it before the exec's stream ends); NotFound if
+        there is no such exec."""
+        doc = self.read_exec(exec_id)
+        if doc is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return {"running": bool(doc.get("running")), "pid": doc.get("pid"),
+                "exit_code": doc.get("exit_code")}
+
+    def spawn_info(self) -> dict[str, Any]:
+        """The container's spawn request as its supervisor recorded it (``spawn.json``)."""
         try:
-            reply = self._call({"op": "exec-state", "exec_id": exec_id})
-        except (Unavailable, NotFound):
-            doc = self.read_exec(exec_id)
-            if doc is None:
-                raise
-            return doc
-        reply.pop("ok", None)
-        return reply
+            with open(os.path.join(self.state_dir, "spawn.json"), "rb") as f:
+                doc: dict[str, Any] = json.loads(f.read())
+                return doc
+        except FileNotFoundError:
+            raise self._gone(FileNotFoundError(errno.ENOENT, "no spawn.json")) from None
 
     # ---- asyncio ------------------------------------------------------------------------
 
-    async def _open(self, req: dict[str, Any]
+    async def _open(self, req: dict[str, Any], path: str | None = None
                     ) -> tuple[dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_LIMIT)
+            reader, writer = await asyncio.open_unix_connection(path or self.socket_path,
+                                                                limit=_LIMIT)
         except OSError as e:
             raise self._gone(e) from None
         try:
@@ -193,18 +216,30 @@ class SupervisorClient:
         return reader, writer
 
     async def open_exec(self, exec_id: str, process: dict[str, Any], stdin: bool, stdout: bool,
-                        stderr: bool, detach_keys: list[int]
+                        stderr: bool, detach_keys: list[int], *, zygote: ZygoteHandle | None
                         ) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter]:
-        """Run ``process`` (an OCI process object) in the container as ``exec_id``.
+        """Run ``process`` (an OCI process object) in the container as ``exec_id``,
+        under an exec supervisor that ``zygote`` forks.
 
         Returns its host pid and its stdio stream (framing as for attach); the stream
         closes when the process exited and its output was delivered. Its exit code is
-        then in :meth:`exec_state`.
+        then in :meth:`exec_state`. FailedPrecondition if the container is not running
+        (or there is no zygote), Conflict if ``exec_id`` was used before.
         """
+        info = await asyncio.to_thread(self.spawn_info)
+        if zygote is None:
+            raise FailedPrecondition("this daemon cannot run execs (no supervisor zygote)")
+        st = await asyncio.to_thread(self.state)
+        if st["status"] != "running":
+            raise FailedPrecondition(f"container {info['id']} is not running")
+        req = ExecRequest(id=info["id"], state_dir=self.state_dir, runtime=info["runtime"],
+                          exec_id=exec_id, process=process, stdin=stdin, stdout=stdout,
+                          stderr=stderr)
+        res = await zygote.aspawn_exec(req)
         reply, reader, writer = await self._open({
-            "op": "exec", "exec_id": exec_id, "process": process, "stdin": stdin,
-            "stdout": stdout, "stderr": stderr, "detach_keys": list(detach_keys)})
-        return int(reply["pid"]), reader, writer
+            "op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr,
+            "detach_keys": list(detach_keys)}, exec_socket_path(self.state_dir, exec_id))
+        return int(reply.get("pid", res.pid)), reader, writer
 
     async def await_exit(self) -> dict[str, Any]:
         """Wait (without blocking the loop) until the container exited; its exit record."""

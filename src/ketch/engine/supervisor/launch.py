@@ -219,22 +219,26 @@ class LaunchIO:
             unlink_quiet(self.console)
 
 
-def setup_process(req: SpawnRequest, keep: int) -> bool:
-    """Turn this freshly forked process into a supervisor; True if it made the state dir.
+def setup_process(state_dir: str, keep: int, *, comm: str, log: str = "sup.log",
+                  create: bool = True) -> bool:
+    """Turn this freshly forked process into a supervisor; True if it made ``state_dir``
+    (``create``: make it if missing).
 
     Only ``keep`` (the report pipe) survives of the inherited descriptors; stdin and
-    stdout become /dev/null, stderr ``sup.log``. Subreaper; SIGTERM, SIGINT and SIGHUP
-    ignored; SIGCHLD handled (the loop's wakeup fd sees it).
+    stdout become /dev/null, stderr ``<state_dir>/<log>``; the process is named
+    ``comm``. Subreaper; SIGTERM, SIGINT and SIGHUP ignored; SIGCHLD handled (the
+    loop's wakeup fd sees it).
     """
     made = False
-    try:
-        os.mkdir(req.state_dir, 0o700)
-        made = True
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(req.state_dir, 0o700)
-        made = True
+    if create:
+        try:
+            os.mkdir(state_dir, 0o700)
+            made = True
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(state_dir, 0o700)
+            made = True
     os.chdir("/")
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -244,18 +248,18 @@ def setup_process(req: SpawnRequest, keep: int) -> bool:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    err = os.open(os.path.join(req.state_dir, "sup.log"),
+    err = os.open(os.path.join(state_dir, log),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(err, 2)
     os.close(err)
     from ketch.sys.prctl import set_child_subreaper
 
     set_child_subreaper()
-    comm = os.open("/proc/self/comm", os.O_WRONLY)
+    fd = os.open("/proc/self/comm", os.O_WRONLY)
     try:
-        os.write(comm, f"ksup-{req.id[:10]}".encode())
+        os.write(fd, comm.encode()[:15])
     finally:
-        os.close(comm)
+        os.close(fd)
     for s in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
         _signal.signal(s, _signal.SIG_IGN)
     _signal.signal(_signal.SIGCHLD, _noop)

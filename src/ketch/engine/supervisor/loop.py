@@ -49,11 +49,13 @@ class Sink:
 
 
 class Exec:
-    __slots__ = ("conn", "done", "drain_until", "exit_code", "id", "master", "pid", "sink",
-                 "tty")
+    """An exec'd process. ``hold``: its output is not read yet (no client so far)."""
+
+    __slots__ = ("conn", "done", "drain_until", "exit_code", "hold", "id", "master", "pid",
+                 "sink", "tty")
 
     def __init__(self, exec_id: str, tty: bool) -> None:
-        self.id, self.tty, self.pid, self.done = exec_id, tty, 0, False
+        self.id, self.tty, self.pid, self.done, self.hold = exec_id, tty, 0, False, False
         self.conn: Conn | None = None
         self.master = -1
         self.sink: Sink | None = None
@@ -141,6 +143,8 @@ class Loop:
             want[self.listener.fileno()] = _R
         stalled = any(c.mode == "attach" and len(c.out) > HIGH_WATER for c in self.conns.values())
         for fd, (_stream, ex) in self.sources.items():
+            if ex is not None and ex.hold:
+                continue
             c = ex.conn if ex is not None else None
             if not (stalled if ex is None else c is not None and len(c.out) > HIGH_WATER):
                 want[fd] = _R

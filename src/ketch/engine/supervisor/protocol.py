@@ -38,11 +38,14 @@ __all__ = [
     "STDERR",
     "STDOUT",
     "DetachScanner",
+    "ExecRequest",
+    "ExecResult",
     "FrameDecoder",
     "SpawnRequest",
     "SpawnResult",
     "error_from_wire",
     "error_to_wire",
+    "exec_socket_path",
     "exit_code_of",
     "frame",
     "parse_detach_keys",
@@ -137,6 +140,16 @@ class DetachScanner:
     def __init__(self, keys: bytes | list[int]) -> None:
         self._keys = bytes(keys)
         self._held = 0  # bytes of _keys matched so far
+
+    @property
+    def keys(self) -> bytes:
+        """The detach sequence."""
+        return self._keys
+
+    @property
+    def held(self) -> int:
+        """How many bytes of the sequence the last chunks ended with (held back)."""
+        return self._held
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         keys = self._keys
@@ -345,6 +358,63 @@ class SpawnResult:
 
     supervisor_pid: int
     init_pid: int
+
+
+def exec_socket_path(state_dir: str, exec_id: str) -> str:
+    """Where the exec supervisor of ``exec_id`` listens: short, whatever the id's length
+    (a unix socket path has at most 107 bytes)."""
+    import hashlib
+
+    digest = hashlib.blake2s(exec_id.encode(), digest_size=8).hexdigest()
+    return os.path.join(state_dir, f"x-{digest}.sock")
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """What the zygote needs to start one exec supervisor: run ``process`` (an OCI
+    process object) in container ``id`` as ``exec_id``, with pipes for the streams
+    asked for (or a terminal, per ``process.terminal``). ``state_dir`` is the
+    container's supervisor directory; the exec supervisor listens on
+    :func:`exec_socket_path` and writes ``execs/<exec_id>.json``.
+    """
+
+    id: str
+    state_dir: str
+    runtime: dict[str, Any]
+    exec_id: str
+    process: dict[str, Any]
+    stdin: bool = False
+    stdout: bool = False
+    stderr: bool = False
+
+    def __post_init__(self) -> None:
+        from ketch.runtime.state import validate_id
+
+        validate_id(self.id)
+        if not isinstance(self.state_dir, str) or not os.path.isabs(self.state_dir):
+            raise InvalidArgument("exec: state_dir must be an absolute path")
+        if not isinstance(self.exec_id, str) or not _EXEC_ID.match(self.exec_id):
+            raise InvalidArgument(f"exec: invalid exec_id {self.exec_id!r}")
+        sock = exec_socket_path(self.state_dir, self.exec_id)
+        if len((sock + ".tmp").encode()) > _MAX_SOCK_PATH:
+            raise InvalidArgument(f"exec: state_dir too long for a unix socket path: "
+                                  f"{self.state_dir}")
+        if not isinstance(self.runtime, dict) or not isinstance(self.runtime.get("name"), str):
+            raise InvalidArgument("exec: runtime needs a name")
+        validate_request({"op": "exec", "exec_id": self.exec_id, "process": self.process})
+        if not all(isinstance(v, bool) for v in (self.stdin, self.stdout, self.stderr)):
+            raise InvalidArgument("exec: stdin, stdout and stderr are booleans")
+
+    def to_json(self) -> bytes:
+        return json.dumps({"exec": asdict(self)}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A started exec: its supervisor's pid and the process's host pid."""
+
+    supervisor_pid: int
+    pid: int
 
 
 # --- reports (zygote → daemon, helper → supervisor) ---------------------------------------

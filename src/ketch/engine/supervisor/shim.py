@@ -8,8 +8,12 @@ Lifecycle (the package doc has the wire protocol)::
       report     sup.pid, init.pid, sup.sock listening; {"init_pid": n} to the daemon
       serve      the epoll loop (ketch.engine.supervisor.loop): output → log + attach
                  clients; requests; reaping
+      handover   once started: exec the C holder (ketch.engine.supervisor.handover),
+                 which does the rest; without one, Python carries on:
       finish     init reaped → drain output (≤ 2 s) → close log → oom? → runtime.delete
                  → exit.json → answer waits, close connections → remove sup.sock → exit
+
+Execs do not run here: each has its own exec supervisor (``execsup``).
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from ketch.engine.supervisor.launch import (
     setup_process,
     unlink_quiet,
 )
-from ketch.engine.supervisor.loop import Conn, Exec, Loop, Sink
+from ketch.engine.supervisor.loop import Conn, Loop, Sink
 from ketch.engine.supervisor.protocol import (
     SpawnRequest,
     error_to_wire,
     exit_code_of,
     validate_request,
 )
-from ketch.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from ketch.errors import FailedPrecondition, InvalidArgument, NotFound
 from ketch.runtime.oci_runtime import OCIRuntime
 from ketch.runtime.state import atomic_write
 
@@ -55,22 +59,15 @@ class Supervisor(Loop):
         self.status = "created"
         self.init_pid = 0
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        self.execs: dict[str, Exec] = {}
-        self.exec_pids: dict[int, Exec] = {}
         self.exit_status: int | None = None
         self.exit: dict[str, Any] | None = None
         self.drain_until = self.flush_until = 0.0
         self.finished = False
-        self.consoles = 0
+        self.handover_due = False
 
-    def _io(self, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> LaunchIO:
-        self.consoles += 1
-        return LaunchIO(os.path.join(self.dir, f"con{self.consoles}.sock"), tty, stdin, stdout,
-                        stderr, self.devnull)
-
-    def _adopt(self, io: LaunchIO, ex: Exec | None) -> Sink | None:
+    def _adopt(self, io: LaunchIO) -> Sink | None:
         for fd, stream in io.sources:
-            self.sources[fd] = (stream, ex)
+            self.sources[fd] = (stream, None)
         if io.sink < 0:
             return None
         sink = self.sinks[io.sink] = Sink(io.sink, io.tty)
@@ -88,7 +85,8 @@ class Supervisor(Loop):
 
             self.log = JSONFileLogDriver(req.log["path"],
                                          JSONFileOptions.from_log_opts(req.log.get("opts") or {}))
-        io = self._io(self.tty, req.open_stdin, True, True)
+        io = LaunchIO(os.path.join(self.dir, "con1.sock"), self.tty, req.open_stdin, True, True,
+                      self.devnull)
         try:
             self.init_pid = run_isolated(lambda: rt.create(
                 req.id, req.bundle, console_socket=io.console, stdio=io.stdio))
@@ -105,11 +103,18 @@ class Supervisor(Loop):
                 pass
             raise
         self.master = io.master
-        self.stdin_sink = self._adopt(io, None)
+        self.stdin_sink = self._adopt(io)
         return self.init_pid
 
     def publish(self) -> None:
-        """Write sup.pid and init.pid and start listening on sup.sock."""
+        """Write spawn.json, sup.pid and init.pid and start listening on sup.sock.
+
+        Exec records of an earlier run of the container are dropped: exec ids are
+        unique per run (a health check's count starts again)."""
+        import shutil
+
+        shutil.rmtree(os.path.join(self.dir, "execs"), ignore_errors=True)
+        atomic_write(os.path.join(self.dir, "spawn.json"), self.req.to_json(), 0o644)
         atomic_write(os.path.join(self.dir, "sup.pid"), str(os.getpid()).encode(), 0o644)
         atomic_write(os.path.join(self.dir, "init.pid"), str(self.init_pid).encode(), 0o644)
         self.listener = listen_unix(os.path.join(self.dir, "sup.sock"), 64)
@@ -123,9 +128,13 @@ class Supervisor(Loop):
         self.reap()
         while True:
             self._progress()
-            if self.finished and (time.monotonic() >= self.flush_until or (
-                    all(ex.done for ex in self.execs.values())
-                    and not any(c.out for c in self.conns.values()))):
+            if self.handover_due:
+                self.handover_due = False
+                from ketch.engine.supervisor.handover import handover
+
+                handover(self)  # execs the holder; returns if there is none
+            if self.finished and (time.monotonic() >= self.flush_until
+                                  or not any(c.out for c in self.conns.values())):
                 break
             self.poll(self._timeout())
         self._shutdown()
@@ -134,8 +143,6 @@ class Supervisor(Loop):
         dl = [self.flush_until] if self.finished else []
         if self.exit_status is not None and not self.finished:
             dl.append(self.drain_until)
-        dl += [ex.drain_until for ex in self.execs.values()
-               if ex.exit_code is not None and not ex.done]
         return max(0.0, min(dl) - time.monotonic()) if dl else None
 
     def _progress(self) -> None:
@@ -143,10 +150,6 @@ class Supervisor(Loop):
         if self.exit_status is not None and not self.finished and (
                 now >= self.drain_until or not any(ex is None for _, ex in self.sources.values())):
             self._finish()
-        for ex in self.execs.values():
-            if ex.exit_code is not None and not ex.done and (
-                    now >= ex.drain_until or not any(e is ex for _, e in self.sources.values())):
-                self._exec_done(ex)
         for sink in list(self.sinks.values()):
             if sink.eof and not sink.buf and not sink.tty:
                 self._drop_sink(sink)
@@ -157,7 +160,7 @@ class Supervisor(Loop):
     # ---- reaping and the end ------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect every exited child: the init, execs, and orphans reparented to us."""
+        """Collect every exited child: the init, and orphans reparented to us."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -168,10 +171,6 @@ class Supervisor(Loop):
             if pid == self.init_pid and self.exit_status is None:
                 self.exit_status = status
                 self.drain_until = time.monotonic() + DRAIN_CAP
-            elif pid in self.exec_pids:
-                ex = self.exec_pids.pop(pid)
-                ex.exit_code = exit_code_of(status)
-                ex.drain_until = time.monotonic() + DRAIN_CAP
 
     def _finish(self) -> None:
         assert self.exit_status is not None
@@ -212,20 +211,6 @@ class Supervisor(Loop):
                 self._reply(c, {"ok": True, "exit": self.exit})
             elif c.mode == "attach":
                 c.closing = True
-        self.reap()  # execs died with the container's cgroup
-
-    def _exec_done(self, ex: Exec) -> None:
-        ex.done = True
-        for fd in [fd for fd, (_, e) in self.sources.items() if e is ex]:
-            self._drop_source(fd)
-        if ex.sink is not None:
-            self._drop_sink(ex.sink)
-        ex.master = -1
-        self._write_exec(ex)
-        if ex.conn is not None:
-            ex.conn.closing = True
-            ex.conn.exec = None
-            ex.conn = None
 
     def _shutdown(self) -> None:
         unlink_quiet(os.path.join(self.dir, "sup.sock"))
@@ -233,15 +218,6 @@ class Supervisor(Loop):
             self.listener.close()
         for c in list(self.conns.values()):
             self._close_conn(c)
-        for ex in self.execs.values():
-            if ex.exit_code is None:
-                self._write_exec(ex)
-
-    def _write_exec(self, ex: Exec) -> None:
-        d = os.path.join(self.dir, "execs")
-        os.makedirs(d, 0o700, exist_ok=True)
-        doc = {"pid": ex.pid, "running": ex.exit_code is None, "exit_code": ex.exit_code}
-        atomic_write(os.path.join(d, f"{ex.id}.json"), json.dumps(doc).encode(), 0o644)
 
     # ---- requests ---------------------------------------------------------------------------
 
@@ -252,6 +228,8 @@ class Supervisor(Loop):
             except ValueError:
                 raise InvalidArgument("request is not JSON") from None
             req = validate_request(obj)
+            if req["op"] in ("exec", "exec-state"):  # SupervisorClient.open_exec: execsup
+                raise InvalidArgument(f"unknown op {req['op']!r}")
             getattr(self, "_op_" + req["op"].replace("-", "_"))(c, req)
         except Exception as e:
             self._reply(c, error_to_wire(e))
@@ -274,18 +252,16 @@ class Supervisor(Loop):
         run_isolated(lambda: rt.start(cid))
         self.status = "running"
         self._reply(c, {"ok": True})
+        self.handover_due = True
 
     def _op_resize(self, c: Conn, req: dict[str, Any]) -> None:
         from ketch.runtime.console import set_winsize
 
-        if "exec_id" in req:
-            ex = self._exec(req["exec_id"])
-            master, what = ex.master, f"exec {ex.id}"
-        else:
-            master, what = self.master, f"container {self.req.id}"
-        if master < 0:
-            raise FailedPrecondition(f"{what} has no terminal")
-        set_winsize(master, req["height"], req["width"])
+        if "exec_id" in req:  # an exec's terminal is its own supervisor's
+            raise NotFound(f"No such exec instance: {req['exec_id']}")
+        if self.master < 0:
+            raise FailedPrecondition(f"container {self.req.id} has no terminal")
+        set_winsize(self.master, req["height"], req["width"])
         self._reply(c, {"ok": True})
 
     def _op_wait(self, c: Conn, _req: dict[str, Any]) -> None:
@@ -298,41 +274,6 @@ class Supervisor(Loop):
         self._reply(c, {"ok": True, "status": self.status, "pid": self.init_pid,
                         "exit": self.exit})
 
-    def _exec(self, exec_id: str) -> Exec:
-        ex = self.execs.get(exec_id)
-        if ex is None:
-            raise NotFound(f"No such exec instance: {exec_id}")
-        return ex
-
-    def _op_exec_state(self, c: Conn, req: dict[str, Any]) -> None:
-        ex = self._exec(req["exec_id"])
-        self._reply(c, {"ok": True, "running": ex.exit_code is None, "pid": ex.pid,
-                        "exit_code": ex.exit_code})
-
-    def _op_exec(self, c: Conn, req: dict[str, Any]) -> None:
-        self._running(started=True)
-        if req["exec_id"] in self.execs:
-            raise Conflict(f"exec {req['exec_id']} already exists")
-        process, rt, cid = req["process"], self.runtime, self.req.id
-        ex = Exec(req["exec_id"], bool(process.get("terminal")))
-        io = self._io(ex.tty, req["stdin"], req["stdout"], req["stderr"])
-        try:
-            ex.pid = run_isolated(lambda: rt.exec(cid, process, detach=True,
-                                                  console_socket=io.console, stdio=io.stdio))
-            io.launched()
-        except BaseException:
-            io.abort()
-            raise
-        ex.master = io.master
-        ex.sink = self._adopt(io, ex)
-        self.execs[ex.id] = ex
-        self.exec_pids[ex.pid] = ex
-        self._write_exec(ex)
-        c.mode, c.exec, ex.conn = "exec", ex, c
-        c.streams(req)
-        self._reply(c, {"ok": True, "pid": ex.pid}, done=False)
-        self.reap()  # a very short exec may be gone already
-
 
 def main(req: SpawnRequest, report_fd: int) -> NoReturn:
     """Body of the supervisor process; reports to ``report_fd``, never returns."""
@@ -340,7 +281,7 @@ def main(req: SpawnRequest, report_fd: int) -> NoReturn:
     made = log_existed = False
     try:
         try:
-            made = setup_process(req, report_fd)
+            made = setup_process(req.state_dir, report_fd, comm=f"ksup-{req.id[:10]}")
             log_existed = req.log.get("driver") == "json-file" and os.path.exists(
                 req.log["path"])
             from ketch.engine.supervisor.zygote import make_runtime
@@ -359,8 +300,16 @@ def main(req: SpawnRequest, report_fd: int) -> NoReturn:
             cleanup_failed(req, made, log_existed)  # first: the caller may look right away
             os.write(report_fd, json.dumps(error_to_wire(e)).encode() + b"\n")
             os._exit(1)
-        os.write(report_fd, json.dumps({"supervisor_pid": os.getpid(),
-                                        "init_pid": sup.init_pid}).encode() + b"\n")
+        try:
+            os.write(report_fd, json.dumps({"supervisor_pid": os.getpid(),
+                                            "init_pid": sup.init_pid}).encode() + b"\n")
+        except OSError:  # the daemon died before it learned of the container: undo
+            try:
+                sup.runtime.delete(req.id, force=True)
+            except Exception:
+                pass
+            cleanup_failed(req, made, log_existed)
+            os._exit(1)
         os.close(report_fd)
         sup.serve()
         code = 0

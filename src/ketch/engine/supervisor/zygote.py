@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ketch.engine.supervisor.protocol import (
+    ExecRequest,
+    ExecResult,
     SpawnRequest,
     SpawnResult,
     error_from_wire,
@@ -50,6 +52,7 @@ PRELOAD = (
     "json", "selectors", "signal", "socket", "errno", "gzip", "shutil", "subprocess",
     "tempfile", "traceback", "fcntl", "termios", "struct", "array", "select",
     "ketch.engine.logs.jsonfile", "ketch.engine.supervisor.shim",
+    "ketch.engine.supervisor.execsup", "ketch.engine.supervisor.handover", "hashlib",
     "ketch.runtime.container", "ketch.runtime.cli_runtime", "ketch.runtime.init",
     "ketch.runtime.validate", "ketch.runtime.launch", "ketch.runtime.console",
     "ketch.runtime.hooks", "ketch.runtime.rootfs", "ketch.runtime.process",
@@ -97,7 +100,23 @@ class ZygoteHandle:
         Raises the ``ketch.errors`` class the runtime raised (``Internal`` when
         unknown), ``Unavailable`` when the zygote is gone.
         """
-        data = req.to_json()
+        report = self._request(req.to_json())
+        return SpawnResult(int(report["supervisor_pid"]), int(report["init_pid"]))
+
+    def spawn_exec(self, req: ExecRequest) -> ExecResult:
+        """Start an exec supervisor for ``req`` and wait until its process runs and its
+        socket listens (``ketch.engine.supervisor.execsup``). Errors as for :meth:`spawn`;
+        ``Conflict`` if the exec id was used in this container before."""
+        report = self._request(req.to_json())
+        return ExecResult(int(report["supervisor_pid"]), int(report["pid"]))
+
+    async def aspawn_exec(self, req: ExecRequest) -> ExecResult:
+        """:meth:`spawn_exec` on the event loop's default executor."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.spawn_exec, req)
+
+    def _request(self, data: bytes) -> dict[str, Any]:
         with self._lock:
             if self._sock is None:
                 raise Unavailable("supervisor zygote is closed")
@@ -130,7 +149,7 @@ class ZygoteHandle:
                 os.close(fd)
         if "error" in report:
             raise error_from_wire(report)
-        return SpawnResult(int(report["supervisor_pid"]), int(report["init_pid"]))
+        return report
 
     async def aspawn(self, req: SpawnRequest) -> SpawnResult:
         """:meth:`spawn` on the event loop's default executor."""
@@ -221,7 +240,7 @@ def _serve(sock: socket.socket) -> None:
         try:
             if flags & socket.MSG_TRUNC:
                 raise InvalidArgument("spawn request too large")
-            report = _fork_supervisor(SpawnRequest.from_json(data), sock)
+            report = _fork_supervisor(_parse(data), sock)
         except Exception as e:
             sock.send(json.dumps(error_to_wire(e)).encode())
             continue
@@ -232,7 +251,17 @@ def _serve(sock: socket.socket) -> None:
             os.close(report)
 
 
-def _fork_supervisor(req: SpawnRequest, sock: socket.socket) -> int:
+def _parse(data: bytes) -> SpawnRequest | ExecRequest:
+    """A spawn request, or an exec request (``{"exec": {...}}``)."""
+    if data.startswith(b'{"exec":'):
+        try:
+            return ExecRequest(**json.loads(data)["exec"])
+        except (ValueError, TypeError) as e:
+            raise InvalidArgument(f"exec: bad request: {e}") from None
+    return SpawnRequest.from_json(data)
+
+
+def _fork_supervisor(req: SpawnRequest | ExecRequest, sock: socket.socket) -> int:
     """Double-fork a supervisor for ``req``; returns the report pipe's read end."""
     r, w = os.pipe()
     try:
@@ -248,6 +277,10 @@ def _fork_supervisor(req: SpawnRequest, sock: socket.socket) -> int:
             os.setsid()
             sup = os.fork()
             if sup == 0:
+                if isinstance(req, ExecRequest):
+                    from ketch.engine.supervisor import execsup
+
+                    execsup.main(req, w)
                 from ketch.engine.supervisor import shim
 
                 shim.main(req, w)
