@@ -114,9 +114,14 @@ class Supervisor(Loop):
         import shutil
 
         shutil.rmtree(os.path.join(self.dir, "execs"), ignore_errors=True)
-        atomic_write(os.path.join(self.dir, "spawn.json"), self.req.to_json(), 0o644)
-        atomic_write(os.path.join(self.dir, "sup.pid"), str(os.getpid()).encode(), 0o644)
-        atomic_write(os.path.join(self.dir, "init.pid"), str(self.init_pid).encode(), 0o644)
+        # Per-boot facts under the exec root (tmpfs in production): atomic, not fsync'd.
+        # exit.json, which outlives a reboot's worth of interest, is fsync'd.
+        atomic_write(os.path.join(self.dir, "spawn.json"), self.req.to_json(), 0o644,
+                     sync=False)
+        atomic_write(os.path.join(self.dir, "sup.pid"), str(os.getpid()).encode(), 0o644,
+                     sync=False)
+        atomic_write(os.path.join(self.dir, "init.pid"), str(self.init_pid).encode(), 0o644,
+                     sync=False)
         self.listener = listen_unix(os.path.join(self.dir, "sup.sock"), 64)
         self.listener.setblocking(False)
 
@@ -248,8 +253,10 @@ class Supervisor(Loop):
         self._running()
         if self.status != "created":
             raise FailedPrecondition(f"container {self.req.id} is already started")
-        rt, cid = self.runtime, self.req.id
-        run_isolated(lambda: rt.start(cid))
+        # In this process, not a helper child: start runs no process of its own (ketch's
+        # runtime writes the exec fifo; runc/crun are subprocesses anyway), and it is on
+        # every `docker run`'s path.
+        self.runtime.start(self.req.id)
         self.status = "running"
         self._reply(c, {"ok": True})
         self.handover_due = True

@@ -217,6 +217,7 @@ def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
                 importlib.import_module(mod)
             except ImportError:
                 pass
+        _warm_caches()
         gc.collect()
         gc.freeze()
         _serve(sock)
@@ -227,6 +228,24 @@ def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
         code = 1
     finally:
         os._exit(code)
+
+
+def _warm_caches() -> None:
+    """Fill, once, the caches every container create would fill again in each fresh
+    supervisor: the compiled default seccomp program (Docker's profile for the default
+    capabilities), the host's cgroup layout."""
+    try:
+        from ketch.engine.specconv import to_oci_spec
+        from ketch.runtime.seccomp import compile_seccomp
+        from ketch.sys.cgroupfs import UNIFIED, detect_host
+
+        host = detect_host()
+        spec = to_oci_spec({"Image": "warm", "Cmd": ["true"]}, {}, container_id="0" * 64,
+                           rootfs="/nonexistent", cgroup_v2=host.mode == UNIFIED).spec
+        if spec["linux"].get("seccomp"):
+            compile_seccomp(spec["linux"]["seccomp"])
+    except Exception:  # only a cache: a failure costs time, not correctness
+        pass
 
 
 def _serve(sock: socket.socket) -> None:
