@@ -3,7 +3,7 @@
 Usage (root)::
 
     .venv/bin/python benchmarks/engine.py [--runs 15] [--containers 20]
-        [--only ketch|docker|podman]... [--install-anchors] [--docker-bridge] [--keep]
+        [--only ketch|docker|podman]... [--install-anchors] [--[no-]docker-bridge] [--keep]
 
 One run prints, per engine, medians over ``--runs`` (after two warm-ups) of
 (1) ``run --rm busybox true``, also with ``--network none``; (2) the total time
@@ -581,7 +581,7 @@ def report(res: Results, engines: list[Engine], args: argparse.Namespace) -> Non
     if "docker" in names:
         print("docker's default network: " + (
             "its bridge, inside its private netns (--docker-bridge)" if args.docker_bridge
-            else "none (dockerd --bridge=none; --docker-bridge gives it docker0 in its netns)"))
+            else "none (dockerd --bridge=none, from --no-docker-bridge)"))
     for i, n in enumerate(notes, 1):
         print(f"[{i}] {n}")
     for key in ("idle", "percont"):
@@ -600,9 +600,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure only this engine (repeatable)")
     ap.add_argument("--install-anchors", action="store_true",
                     help="apt-get install docker.io and podman first, services kept stopped")
-    ap.add_argument("--docker-bridge", action="store_true",
-                    help="dockerd keeps its default bridge, inside its own netns "
-                         "(iptables and forwarding stay off)")
+    ap.add_argument("--docker-bridge", action=argparse.BooleanOptionalAction, default=True,
+                    help="dockerd keeps its default bridge (as installed dockerds do), inside "
+                         "its own netns, iptables and forwarding off; --no-docker-bridge runs "
+                         "it with --bridge=none. ketch has no bridge yet: its default run has "
+                         "loopback only, so the --network none row is the like-for-like one")
     ap.add_argument("--keep", action="store_true",
                     help="leave daemons, containers, namespaces and files (debugging)")
     args = ap.parse_args(argv)

@@ -627,26 +627,36 @@ class ContainerService:
             if c.state.status == "removing":
                 raise Conflict(f"removal of container {c.id} is already in progress")
             c.state.status = "removing"
-            await asyncio.to_thread(self.remove_files, c, volumes)
+            await asyncio.to_thread(self.remove_files, c, volumes, False)
             self.live_all.pop(c.id, None)
         self._event(c, "destroy")
         log.debug("container %s removed", c.short_id)
         for fut in lv.removed:
             if not fut.done():
                 fut.set_result({"StatusCode": c.state.exit_code, "Error": None})
+        # The writable layer and the directories go after the answer (docker run --rm
+        # waits for it); a crash meanwhile leaves them to collect_orphans at the next start.
+        await asyncio.to_thread(self.purge_files, c)
 
-    def remove_files(self, c: Container, volumes: bool) -> None:
+    def remove_files(self, c: Container, volumes: bool, purge: bool = True) -> None:
+        """Everything that makes ``c`` exist: mounts, runtime state, record, volume holds
+        (then, with ``purge``, its snapshot and directories too)."""
         setup.unmount(self, c)
         if not os.path.exists(os.path.join(self.bundle_dir(c), "sup.sock")):
             # The supervisor deletes the runtime's state; this only clears what a lost
             # supervisor left behind.
             with contextlib.suppress(Exception):
                 self.runtime(c.runtime).delete(c.id, force=True)
-        with contextlib.suppress(NotFound):
+        self.store.forget(c)
+        self._release_volumes(c, volumes)
+        if purge:
+            self.purge_files(c)
+
+    def purge_files(self, c: Container) -> None:
+        with contextlib.suppress(NotFound, Conflict):
             self.snapshotter.remove(c.snapshot_key)
         shutil.rmtree(self.bundle_dir(c), ignore_errors=True)
-        self._release_volumes(c, volumes)
-        self.store.drop(c)
+        shutil.rmtree(self.store.dir(c.id), ignore_errors=True)
 
     async def restore(self) -> None:
         """See :func:`ketch.engine.containers.recovery.restore`."""

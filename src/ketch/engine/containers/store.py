@@ -82,18 +82,22 @@ class ContainerStore:
         os.makedirs(d, 0o710, exist_ok=True)
         c.save(d)
 
-    def drop(self, c: Container) -> None:
-        """Forget ``c`` and delete its directory (record last written is removed first)."""
+    def forget(self, c: Container) -> None:
+        """Unindex ``c`` and unlink its record: from here on it does not exist, even after
+        a crash (a directory without a record is removed at the next load)."""
         with self._mu:
             self._by_id.pop(c.id, None)
             if self._by_name.get(c.name) == c.id:
                 del self._by_name[c.name]
-        d = self.dir(c.id)
         try:
-            os.unlink(os.path.join(d, "config.v2.json"))
+            os.unlink(os.path.join(self.dir(c.id), "config.v2.json"))
         except FileNotFoundError:
             pass
-        shutil.rmtree(d, ignore_errors=True)
+
+    def drop(self, c: Container) -> None:
+        """Forget ``c`` and delete its directory."""
+        self.forget(c)
+        shutil.rmtree(self.dir(c.id), ignore_errors=True)
 
     def rename(self, c: Container, new_name: str) -> None:
         new = validate_name(new_name)
