@@ -170,3 +170,17 @@ def test_logs_since_until_and_ps_filters(ketchd_busybox: Ketchd) -> None:
     assert _ok(d.docker("ps", "-aq", "--no-trunc", "--filter", "exited=3")).split() == [done]
     out = _ok(d.docker("system", "prune", "-f"))
     assert done in out
+
+
+def test_container_and_exec_processes_start_with_default_signal_dispositions(
+        ketchd_busybox: Ketchd) -> None:
+    """The daemon's helpers ignore SIGTERM/SIGHUP/SIGPIPE; nothing of that may leak in."""
+    d = ketchd_busybox
+    out = _run(d, "busybox", "grep", "-E", "SigIgn|SigBlk", "/proc/self/status")
+    assert out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+    cid = _ok(d.docker("run", "-d", "busybox", "sleep", "30")).strip()
+    try:
+        out = _ok(d.docker("exec", cid, "grep", "-E", "SigIgn|SigBlk", "/proc/self/status"))
+        assert out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+    finally:
+        _ok(d.docker("rm", "-f", cid))

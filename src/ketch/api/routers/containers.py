@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from ketch.api.filters import parse_filters
 from ketch.api.http import Request, Response, upgrade_response
 from ketch.api.httpstatus import json_response
 from ketch.api.params import bool_arg, int_arg, json_body
@@ -35,24 +36,7 @@ _MUX = "application/vnd.docker.multiplexed-stream"
 
 
 def _filters(request: Request) -> dict[str, list[str]]:
-    text = request.arg("filters")
-    if not text:
-        return {}
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        raise InvalidArgument(f"invalid filters: {text!r} is not JSON") from None
-    if not isinstance(obj, dict):
-        raise InvalidArgument("invalid filters: must be a JSON object")
-    out: dict[str, list[str]] = {}
-    for k, v in obj.items():
-        if isinstance(v, dict):
-            out[k] = [x for x, on in v.items() if on]
-        elif isinstance(v, list):
-            out[k] = [str(x) for x in v]
-        else:
-            raise InvalidArgument(f"invalid filter '{k}'")
-    return out
+    return parse_filters(request.arg("filters"))
 
 
 def _log_time(text: str | None) -> int | None:
@@ -107,11 +91,13 @@ class ContainersRouter:
         ]
 
     async def list(self, request: Request) -> Response:
-        out = await asyncio.to_thread(
-            query.list_containers, self.c, all=bool_arg(request, "all"),
-            limit=int_arg(request, "limit", -1) or -1, size=bool_arg(request, "size"),
-            filters=_filters(request))
-        return json_response(out)
+        size = bool_arg(request, "size")
+        kw: dict[str, Any] = {"all": bool_arg(request, "all"), "size": size,
+                              "limit": int_arg(request, "limit", -1) or -1,
+                              "filters": _filters(request)}
+        if size:  # walks writable layers: a thread
+            return json_response(await asyncio.to_thread(query.list_containers, self.c, **kw))
+        return json_response(query.list_containers(self.c, **kw))  # memory only: inline
 
     async def create(self, request: Request) -> Response:
         body = json_body(request, allow_empty=False)

@@ -24,15 +24,15 @@ from ketch.client.cli.format import (
     created_at,
     ellipsis,
     human_size,
+    inspect_each,
     render_rows,
     short_id,
     since,
     tabulate,
-    write_inspect,
 )
 from ketch.client.cli.term import is_tty
 from ketch.client.engine import STDERR
-from ketch.errors import KetchError, NotFound, NotModified
+from ketch.errors import KetchError, NotModified
 
 __all__ = ["COMMANDS", "PS_HEADERS", "container_rows", "write_stream"]
 
@@ -229,15 +229,8 @@ def _setup_logs(p: argparse.ArgumentParser) -> None:
 
 
 def _inspect(ctx: Context, args: argparse.Namespace) -> int:
-    found, status = [], 0
-    for name in args.containers:
-        try:
-            found.append(ctx.client.container_inspect(name, size=args.size))
-        except NotFound as e:
-            ctx.error(f"Error: {e}")
-            status = 1
-    write_inspect(ctx.out, found, args.format)
-    return status
+    return inspect_each(ctx, args.containers,
+                        lambda n: ctx.client.container_inspect(n, size=args.size), args.format)
 
 
 def _setup_inspect(p: argparse.ArgumentParser) -> None:

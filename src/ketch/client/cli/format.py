@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
-from ketch.client.cli.base import UsageError
+from ketch.client.cli.base import Context, UsageError
+from ketch.errors import NotFound
+from ketch.units import human_duration
 
 __all__ = [
     "Template",
@@ -67,34 +69,6 @@ def human_size(size: float, precision: int = 3) -> str:
         size /= 1000
         unit += 1
     return f"{size:.{precision}g}{_UNITS[unit]}"
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's rounded durations: ``Less than a second``, ``About a minute``, ``3 days``."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)  # Go's math.Round: halves away from zero
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // (24 * 7)} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // (24 * 30)} months"
-    return f"{int(seconds // 3600) // (24 * 365)} years"
 
 
 def since(ts: float, now: float | None = None) -> str:
@@ -252,3 +226,17 @@ def write_inspect(out: TextIO, objects: Sequence[Any], fmt: str | None) -> None:
     tpl = Template(fmt)
     for obj in objects:
         out.write(tpl.render(obj) + "\n")
+
+
+def inspect_each(ctx: Context, names: Sequence[str], fetch: Callable[[str], Any],
+                 fmt: str | None) -> int:
+    """``docker <thing> inspect``: fetch each name, print what was found, 1 if any was not."""
+    found, status = [], 0
+    for name in names:
+        try:
+            found.append(fetch(name))
+        except NotFound as e:
+            ctx.error(f"Error: {e}")
+            status = 1
+    write_inspect(ctx.out, found, fmt)
+    return status

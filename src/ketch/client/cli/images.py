@@ -14,13 +14,13 @@ from ketch.client.cli.format import (
     created_at,
     ellipsis,
     human_size,
+    inspect_each,
     render_rows,
     short_id,
     since,
-    write_inspect,
 )
 from ketch.client.cli.term import Progress, ProgressReader, is_tty
-from ketch.errors import KetchError, NotFound
+from ketch.errors import KetchError
 
 __all__ = ["COMMANDS", "IMAGE_HEADERS", "confirm", "familiar", "image_rows", "load_tarball",
            "split_ref"]
@@ -345,15 +345,7 @@ def _setup_prune(p: argparse.ArgumentParser) -> None:
 
 
 def _inspect(ctx: Context, args: argparse.Namespace) -> int:
-    found, status = [], 0
-    for name in args.images:
-        try:
-            found.append(ctx.client.image_inspect(name))
-        except NotFound as e:
-            ctx.error(f"Error: {e}")
-            status = 1
-    write_inspect(ctx.out, found, args.format)
-    return status
+    return inspect_each(ctx, args.images, ctx.client.image_inspect, args.format)
 
 
 def _setup_inspect(p: argparse.ArgumentParser) -> None:

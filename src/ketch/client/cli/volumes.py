@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from ketch.client.cli.base import Command, Context, error_text, parse_filters, parse_kv
-from ketch.client.cli.format import human_size, render_rows, write_inspect
+from ketch.client.cli.format import human_size, inspect_each, render_rows
 from ketch.client.cli.images import confirm
-from ketch.errors import KetchError, NotFound
+from ketch.errors import KetchError
 
 __all__ = ["VOLUME_COMMANDS", "VOLUME_HEADERS", "volume_rows"]
 
@@ -70,15 +70,7 @@ def _setup_ls(p: argparse.ArgumentParser) -> None:
 
 
 def _inspect(ctx: Context, args: argparse.Namespace) -> int:
-    found, status = [], 0
-    for name in args.volumes:
-        try:
-            found.append(ctx.client.volume_inspect(name))
-        except NotFound as e:
-            ctx.error(f"Error: {e}")
-            status = 1
-    write_inspect(ctx.out, found, args.format)
-    return status
+    return inspect_each(ctx, args.volumes, ctx.client.volume_inspect, args.format)
 
 
 def _setup_inspect(p: argparse.ArgumentParser) -> None:

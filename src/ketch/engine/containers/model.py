@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ketch.runtime.state import atomic_write
+from ketch.units import human_duration
 
-__all__ = ["ZERO_TIME", "Container", "State", "human_duration", "now_rfc3339", "parse_rfc3339"]
+__all__ = ["ZERO_TIME", "Container", "State", "now_rfc3339", "parse_rfc3339"]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -38,34 +39,6 @@ def parse_rfc3339(text: str) -> float:
     main, _, frac = text.rstrip("Z").partition(".")
     base = dt.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC).timestamp()
     return base + (int(frac[:9].ljust(9, "0")) / 1e9 if frac else 0.0)
-
-
-def human_duration(seconds: float) -> str:
-    """Go's ``units.HumanDuration``, which ``docker ps`` shows in STATUS."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 from ketch.engine.supervisor.launch import (
     LaunchIO,
     listen_unix,
-    run_isolated,
+    run_runtime,
     set_wakeup_fd,
     setup_process,
     unlink_quiet,
@@ -80,7 +80,7 @@ class ExecSupervisor(Loop):
         io = LaunchIO(self.base.replace("/x-", "/xc-") + ".sock", ex.tty, req.stdin, req.stdout,
                       req.stderr, self.devnull)
         try:
-            ex.pid = run_isolated(lambda: rt.exec(req.id, req.process, detach=True,
+            ex.pid = run_runtime(rt, lambda: rt.exec(req.id, req.process, detach=True,
                                                   console_socket=io.console, stdio=io.stdio))
             io.launched()
         except BaseException:

@@ -40,6 +40,7 @@ __all__ = [
     "close_quiet",
     "listen_unix",
     "run_isolated",
+    "run_runtime",
     "set_wakeup_fd",
     "setup_process",
     "unlink_quiet",
@@ -68,6 +69,18 @@ def unlink_quiet(path: str) -> None:
 
 def _noop(_sig: int, _frame: object) -> None:
     pass
+
+
+def run_runtime(runtime: object, fn: Callable[[], int | None]) -> int:
+    """Make one runtime call: in this process for ketch's own runtime (its init and exec
+    children reset every signal disposition before the user's program runs, and the
+    call is on every `docker run`'s path), in a helper child (:func:`run_isolated`) for
+    runc-style binaries, which would inherit this process's ignored signals."""
+    from ketch.runtime.container import Runtime
+
+    if isinstance(runtime, Runtime):
+        return int(fn() or 0)
+    return run_isolated(fn)
 
 
 def run_isolated(fn: Callable[[], int | None], timeout: float = HELPER_TIMEOUT) -> int:

@@ -27,7 +27,7 @@ from ketch.engine.supervisor.launch import (
     LaunchIO,
     cleanup_failed,
     listen_unix,
-    run_isolated,
+    run_runtime,
     set_wakeup_fd,
     setup_process,
     unlink_quiet,
@@ -88,7 +88,7 @@ class Supervisor(Loop):
         io = LaunchIO(os.path.join(self.dir, "con1.sock"), self.tty, req.open_stdin, True, True,
                       self.devnull)
         try:
-            self.init_pid = run_isolated(lambda: rt.create(
+            self.init_pid = run_runtime(rt, lambda: rt.create(
                 req.id, req.bundle, console_socket=io.console, stdio=io.stdio))
         except BaseException:
             io.abort()

@@ -249,6 +249,7 @@ def _warm_caches() -> None:
 
 
 def _serve(sock: socket.socket) -> None:
+    signal.signal(signal.SIGCHLD, _reap)
     while True:
         try:
             data, _anc, flags, _addr = sock.recvmsg(_MAX_MSG)
@@ -281,31 +282,43 @@ def _parse(data: bytes) -> SpawnRequest | ExecRequest:
 
 
 def _fork_supervisor(req: SpawnRequest | ExecRequest, sock: socket.socket) -> int:
-    """Double-fork a supervisor for ``req``; returns the report pipe's read end."""
+    """Fork a supervisor for ``req`` in a session of its own; returns the report pipe's
+    read end. The zygote reaps it when it exits (SIGCHLD); if the zygote goes first,
+    supervisors are reparented and carry on."""
     r, w = os.pipe()
     try:
-        mid = os.fork()
+        sup = os.fork()
     except BaseException:
         os.close(r)
         os.close(w)
         raise
-    if mid == 0:
+    if sup == 0:
         try:
             os.close(r)
             sock.close()
             os.setsid()
-            sup = os.fork()
-            if sup == 0:
-                if isinstance(req, ExecRequest):
-                    from ketch.engine.supervisor import execsup
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # First line of the report: who to watch (ketchd follows this pid's pidfd).
+            os.write(w, json.dumps({"supervisor_pid": os.getpid()}).encode() + b"\n")
+            if isinstance(req, ExecRequest):
+                from ketch.engine.supervisor import execsup
 
-                    execsup.main(req, w)
-                from ketch.engine.supervisor import shim
+                execsup.main(req, w)
+            from ketch.engine.supervisor import shim
 
-                shim.main(req, w)
-            os.write(w, json.dumps({"supervisor_pid": sup}).encode() + b"\n")
+            shim.main(req, w)
         finally:
-            os._exit(0)
+            os._exit(1)
     os.close(w)
-    os.waitpid(mid, 0)
     return r
+
+
+def _reap(_sig: int = 0, _frame: object = None) -> None:
+    """Collect exited supervisors (the zygote's only children)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
