@@ -221,6 +221,14 @@ def test_healthcheck_status_and_events(ketchd_busybox: Ketchd) -> None:
         log = _inspect(d, bad)["State"]["Health"]["Log"]
         assert log and log[-1]["ExitCode"] == 1
         assert "(healthy)" in _ok(d.docker("ps", "--filter", f"id={good}"))
+        assert _ok(d.docker("ps", "-q", "--no-trunc", "--filter", "health=unhealthy")
+                   ).split() == [bad]
+        time.sleep(1.1)  # the CLI sends --until in whole seconds: let this one close
+        events = _ok(d.docker("events", "--since", "60s", "--until", "0s", "--filter",
+                              "event=health_status", "--format",
+                              "{{.Actor.ID}} {{.Action}}")).splitlines()
+        assert f"{good} health_status: healthy" in events
+        assert f"{bad} health_status: unhealthy" in events
     finally:
         _ok(d.docker("rm", "-f", good, bad))
 
@@ -356,6 +364,29 @@ def test_daemon_restart_keeps_a_running_container_with_live_restore(
     finally:
         if cid:
             d.docker("rm", "-f", cid)
+        stop_ketchd(d.proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_unless_stopped_stays_stopped_after_a_manual_stop_across_restarts(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("ketchd-unless")
+    seed_busybox(root)
+    d = start_ketchd(root)
+    try:
+        kept = _ok(d.docker("run", "-d", "--restart", "unless-stopped", "--stop-timeout", "1",
+                            "busybox", "sleep", "60")).strip()
+        stopped = _ok(d.docker("run", "-d", "--restart", "unless-stopped", "--stop-timeout",
+                               "1", "busybox", "sleep", "60")).strip()
+        _ok(d.docker("stop", stopped))
+        stop_ketchd(d.proc)
+        d = start_ketchd(root)
+        assert _until(lambda: _inspect(d, kept)["State"]["Running"])
+        time.sleep(0.5)
+        assert _inspect(d, stopped)["State"]["Status"] == "exited"
+    finally:
+        if d.proc.poll() is None:
+            d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
         stop_ketchd(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
