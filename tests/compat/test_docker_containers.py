@@ -297,6 +297,8 @@ def test_errors_use_dockers_wording(ketchd_busybox: Ketchd) -> None:
     assert r.returncode != 0 and "no-such-image-here" in r.stderr
     r = d.docker("run", "--rm", "--restart", "always", "busybox", "true")
     assert r.returncode != 0
+    r = d.docker("run", "--rm", "--runtime", "nosuch", "busybox", "true")
+    assert r.returncode != 0 and "unknown or invalid runtime name: nosuch" in r.stderr
 
 
 def test_bad_create_bodies_are_400_and_create_nothing(ketchd_busybox: Ketchd) -> None:
@@ -413,12 +415,20 @@ def test_daemon_stop_without_live_restore_stops_containers(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_runtime_runc_selectable(ketchd_busybox: Ketchd) -> None:
-    if not shutil.which("runc"):
-        pytest.skip("runc not installed")
+@pytest.mark.parametrize("runtime", ["runc", "crun"])
+def test_runtime_runc_and_crun_selectable(ketchd_busybox: Ketchd, runtime: str) -> None:
+    if not shutil.which(runtime):
+        pytest.skip(f"{runtime} not installed")
     d = ketchd_busybox
-    r = d.docker("run", "--rm", "--runtime", "runc", "busybox", "echo", "via-runc")
-    assert _ok(r) == "via-runc\n"
+    r = d.docker("run", "--rm", "--runtime", runtime, "busybox", "echo", f"via-{runtime}")
+    assert _ok(r) == f"via-{runtime}\n"
+    cid = _ok(d.docker("run", "-d", "--runtime", runtime, "busybox", "sleep", "30")).strip()
+    try:
+        assert _ok(d.docker("exec", cid, "echo", "exec")) == "exec\n"
+        _ok(d.docker("kill", cid))
+        assert _ok(d.docker("wait", cid)).strip() == "137"
+    finally:
+        _ok(d.docker("rm", "-f", cid))
     r = d.docker("run", "--rm", "--runtime", "nosuch", "busybox", "true")
     assert r.returncode != 0 and "unknown or invalid runtime name: nosuch" in r.stderr
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ketch.engine.containers import createbody, recovery, setup
+from ketch.engine.containers import createbody, recovery, runtimes, setup
 from ketch.engine.containers.lifecycle import RestartBackoff, parse_signal, should_restart
 from ketch.engine.containers.model import Container, State, now_rfc3339, parse_rfc3339
 from ketch.engine.containers.names import random_name
@@ -96,6 +96,7 @@ class ContainerService:
         self.zygote = zygote
         self.live_all: dict[str, _Live] = {}
         self._runtimes: dict[str, OCIRuntime] = {}
+        self._descs: dict[str, dict[str, Any]] = {}
         self.closing = False
 
     # ---- helpers -----------------------------------------------------------------
@@ -116,21 +117,14 @@ class ContainerService:
         return os.path.join(self.bundle_dir(c), "rootfs")
 
     def runtime_names(self) -> list[str]:
-        names = ["ketch", *self.config.runtimes]
-        for n in ("runc", "crun"):
-            if n not in names and shutil.which(n):
-                names.append(n)
-        return names
+        return runtimes.known(self.config.runtimes)
 
     def runtime_desc(self, name: str) -> dict[str, Any]:
-        root = os.path.join(self.config.exec_root, "runtime", name)
-        if name == "ketch":
-            return {"name": "ketch", "root": root}
-        path = self.config.runtimes.get(name) or (shutil.which(name) if name in ("runc", "crun")
-                                                  else None)
-        if not path:
-            raise InvalidArgument(f"unknown or invalid runtime name: {name}")
-        return {"name": name, "path": path, "root": root}
+        desc = self._descs.get(name)
+        if desc is None:
+            desc = self._descs[name] = runtimes.describe(name, self.config.runtimes,
+                                                         self.config.exec_root)
+        return desc
 
     def runtime(self, name: str) -> OCIRuntime:
         rt = self._runtimes.get(name)

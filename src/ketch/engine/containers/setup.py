@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ketch.engine.containers import runtimes
 from ketch.engine.containers.model import Container
 from ketch.engine.specconv import Converted, sort_mounts, to_oci_spec
 from ketch.errors import FailedPrecondition, NotFound
@@ -78,6 +79,7 @@ def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, A
                           "options": ["rbind", "ro", "nosuid", "nodev"]})
             spec["process"]["args"] = ["/sbin/docker-init", "--", *spec["process"]["args"]]
         spec["mounts"] = sort_mounts([*spec.get("mounts", []), *extra])
+        runtimes.adapt_spec(c.runtime, spec)
         atomic_write(os.path.join(bundle, "config.json"), json.dumps(spec).encode(), 0o600,
                      sync=False)
     except BaseException:
