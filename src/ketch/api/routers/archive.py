@@ -20,6 +20,7 @@ from ketch.api.http import Request, Response
 from ketch.api.httpstatus import json_response
 from ketch.api.params import bool_arg, json_body
 from ketch.api.router import Route
+from ketch.engine.containers import ops
 from ketch.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class ArchiveRouter:
         pause = bool_arg(request, "pause", True)
         paused = False
         if pause and c.state.status == "running":
-            await self.c.pause(c.id)
+            await ops.pause(self.c, c.id)
             paused = True
         try:
             f = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
@@ -179,5 +180,5 @@ class ArchiveRouter:
                 f.close()
         finally:
             if paused:
-                await self.c.unpause(c.id)
+                await ops.unpause(self.c, c.id)
         return json_response({"Id": image_id}, 201)

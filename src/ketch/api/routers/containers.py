@@ -21,7 +21,7 @@ from ketch.api.http import Request, Response, upgrade_response
 from ketch.api.httpstatus import json_response
 from ketch.api.params import bool_arg, int_arg, json_body
 from ketch.api.router import Route
-from ketch.engine.containers import query, streams
+from ketch.engine.containers import ops, query, streams
 from ketch.engine.containers.model import parse_rfc3339
 from ketch.errors import Conflict, InvalidArgument
 
@@ -129,11 +129,11 @@ class ContainersRouter:
         return Response(204)
 
     async def pause(self, request: Request) -> Response:
-        await self.c.pause(request.params["id"])
+        await ops.pause(self.c, request.params["id"])
         return Response(204)
 
     async def unpause(self, request: Request) -> Response:
-        await self.c.unpause(request.params["id"])
+        await ops.unpause(self.c, request.params["id"])
         return Response(204)
 
     async def wait(self, request: Request) -> Response:
@@ -156,11 +156,11 @@ class ContainersRouter:
         name = request.arg("name")
         if not name:
             raise InvalidArgument("Neither old nor new names may be empty")
-        await self.c.rename(request.params["id"], name)
+        await ops.rename(self.c, request.params["id"], name)
         return Response(204)
 
     async def update(self, request: Request) -> Response:
-        return json_response(await self.c.update(request.params["id"],
+        return json_response(await ops.update(self.c, request.params["id"],
                                                  json_body(request) or {}))
 
     async def resize(self, request: Request) -> Response:

@@ -24,19 +24,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ketch.engine.containers import createbody, recovery, runtimes, setup
+from ketch.engine.containers import create as create_mod
+from ketch.engine.containers import recovery, runtimes, setup
 from ketch.engine.containers.lifecycle import RestartBackoff, parse_signal, should_restart
 from ketch.engine.containers.model import Container, State, now_rfc3339, parse_rfc3339
-from ketch.engine.containers.names import random_name
-from ketch.engine.containers.store import ContainerStore, validate_name
-from ketch.engine.specconv import Converted, oci_resources
+from ketch.engine.containers.store import ContainerStore
 from ketch.errors import (
     Conflict,
     FailedPrecondition,
@@ -60,7 +58,6 @@ __all__ = ["ContainerService"]
 
 log = logging.getLogger(__name__)
 
-_ETC_FILES = ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts")
 _INIT_CANDIDATES = ("docker-init", "tini-static", "tini")
 
 
@@ -156,90 +153,8 @@ class ContainerService:
     # ---- create ------------------------------------------------------------------
 
     async def create(self, name: str | None, body: Any) -> dict[str, Any]:
-        body = createbody.check_body(body)
-        hc = dict(body.get("HostConfig") or {})
-        image_ref = body["Image"]
-        image = await asyncio.to_thread(self.image_store.get, image_ref)
-        full_cfg = await asyncio.to_thread(self.image_store.config, image)
-        image_cfg: dict[str, Any] = dict(full_cfg.get("config") or {})
-        mode, warnings = createbody.network_mode(hc)
-        hc["NetworkMode"] = mode
-        hc["RestartPolicy"] = createbody.restart_policy(hc)
-        runtime = hc.get("Runtime") or self.config.default_runtime
-        self.runtime_desc(runtime)  # unknown runtime: 400 now, not at start
-        hc["Runtime"] = runtime
-        log_cfg = dict(hc.get("LogConfig") or {})
-        if not log_cfg.get("Type"):  # the daemon's driver; the client's options win
-            log_cfg = {"Type": self.config.log_driver,
-                       "Config": {**self.config.log_opts, **(log_cfg.get("Config") or {})}}
-        if log_cfg["Type"] not in ("json-file", "none", "local"):
-            raise InvalidArgument(f"logger: no log driver named '{log_cfg['Type']}' is "
-                                  "registered")
-        hc["LogConfig"] = {"Type": log_cfg["Type"], "Config": dict(log_cfg.get("Config") or {})}
-        cfg = createbody.merge_image_config(body, image_cfg)
-        argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
-        if not argv:
-            raise InvalidArgument("no command specified")
-        cid = secrets.token_hex(32)
-        cname = validate_name(name) if name else random_name(self.store.name_taken)
-        c = Container(id=cid, name=cname, created=now_rfc3339(), image_id=image.id,
-                      image_name=image_ref, config=cfg, host_config=hc, path=argv[0],
-                      args=argv[1:], runtime=runtime,
-                      networking_config=dict(body.get("NetworkingConfig") or {}))
-        if c.config.get("Hostname") == "" and mode != "host":
-            c.config["Hostname"] = cid[:12]
-        # Every HostConfig check specconv knows, before anything exists.
-        conv = setup.convert(self, c, "/nonexistent", image_cfg, dry=True)
-        self.store.reserve(c)
-        d = self.store.dir(cid)
-        try:
-            os.makedirs(d, 0o710)
-            c.log_path = os.path.join(d, f"{cid}-json.log") \
-                if hc["LogConfig"]["Type"] != "none" else ""
-            c.snapshot_key = f"container-{cid}"
-            from ketch.image.unpack import prepare_rootfs
-
-            await asyncio.to_thread(prepare_rootfs, image, c.snapshot_key, self.content,
-                                    self.snapshotter, {"ketch.container": cid})
-            await asyncio.to_thread(self._create_volumes, c, conv)
-            self.save(c)
-        except BaseException:
-            await asyncio.to_thread(self._discard, c)
-            raise
-        self._event(c, "create")
-        return {"Id": cid, "Warnings": warnings}
-
-    def _create_volumes(self, c: Container, conv: Converted) -> None:
-        mounts = c.mounts  # filled as volumes are held, so a failure can release them
-        for m in conv.spec.get("mounts") or []:
-            if m.get("type") == "bind" and m["destination"] not in _ETC_FILES:
-                opts = m.get("options") or []
-                mounts.append({"Type": "bind", "Source": m["source"],
-                               "Destination": m["destination"], "Mode": "",
-                               "RW": "ro" not in opts, "Propagation": next(
-                                   (o for o in opts if o.endswith(("private", "shared", "slave"))),
-                                   "rprivate")})
-        for v in conv.volumes:
-            if self.volumes is None:
-                raise FailedPrecondition("volumes are not available in this daemon")
-            vol = self.volumes.create(v.get("name"), "local", {}, {})
-            name = vol["Name"]
-            if v.get("name") is None:
-                c.anonymous_volumes.append(name)
-            # Held from create to rm, as Docker does: a stopped container's volumes are in use.
-            path = self.volumes.acquire(name, c.id, attributes={"destination":
-                                                                v["destination"]})
-            mounts.append({"Type": "volume", "Name": name, "Source": path,
-                           "Destination": v["destination"], "Driver": "local", "Mode": "z",
-                           "RW": not v.get("read_only"), "Propagation": ""})
-
-    def _discard(self, c: Container) -> None:
-        """Undo a create that failed half-way (no record was saved)."""
-        with contextlib.suppress(NotFound, Conflict):
-            if c.snapshot_key:
-                self.snapshotter.remove(c.snapshot_key)
-        self._release_volumes(c, True)
-        self.store.drop(c)
+        """``POST /containers/create``: see :func:`ketch.engine.containers.create.create`."""
+        return await create_mod.create(self, name, body)
 
     def _release_volumes(self, c: Container, anonymous_too: bool) -> None:
         if self.volumes is None:
@@ -540,61 +455,6 @@ class ContainerService:
             if c.state.status not in ("running", "paused"):
                 await self.start_locked(c, lv)
         self._event(c, "restart")
-
-    # ---- pause, rename, update -----------------------------------------------------
-
-    async def pause(self, ref: str) -> None:
-        c = self.get(ref)
-        self._running(c)
-        if c.state.status == "paused":
-            raise Conflict(f"container {c.id} is already paused")
-        await asyncio.to_thread(self.runtime(c.runtime).pause, c.id)
-        c.state.status = "paused"
-        self.save(c)
-        self._event(c, "pause")
-
-    async def unpause(self, ref: str) -> None:
-        c = self.get(ref)
-        if c.state.status != "paused":
-            raise Conflict(f"container {c.id} is not paused")
-        await asyncio.to_thread(self.runtime(c.runtime).resume, c.id)
-        c.state.status = "running"
-        self.save(c)
-        self._event(c, "unpause")
-
-    async def rename(self, ref: str, new_name: str) -> None:
-        c = self.get(ref)
-        old = c.name
-        self.store.rename(c, new_name)
-        self.save(c)
-        self._event(c, "rename", oldName=old)
-
-    async def update(self, ref: str, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise InvalidArgument("update body must be a JSON object")
-        unknown = set(body) - createbody.HOST_CONFIG_FIELDS
-        if unknown:
-            raise InvalidArgument(f"unknown field {sorted(unknown)[0]!r} in update config")
-        c = self.get(ref)
-        hc = dict(c.host_config)
-        for k, v in body.items():
-            if k == "RestartPolicy":
-                continue
-            if v not in (None, 0, "", [], {}):
-                hc[k] = v
-        if body.get("RestartPolicy"):
-            if hc.get("AutoRemove"):
-                raise InvalidArgument("Restart policy cannot be updated because AutoRemove is "
-                                      "enabled for the container")
-            hc["RestartPolicy"] = createbody.restart_policy({"RestartPolicy":
-                                                             body["RestartPolicy"]})
-        resources = oci_resources(hc)
-        if c.state.status in ("running", "paused"):
-            await asyncio.to_thread(self.runtime(c.runtime).update, c.id, resources)
-        c.host_config = hc
-        self.save(c)
-        self._event(c, "update")
-        return {"Warnings": []}
 
     # ---- remove ------------------------------------------------------------------
 
