@@ -189,6 +189,12 @@ class ContainerService:
             raise FailedPrecondition("this daemon cannot run containers (no supervisor)")
         if self.closing:
             raise Unavailable("the daemon is shutting down")
+        try:
+            gone = self.store.get(c.id) is not c or c.state.status == "removing"
+        except NotFound:
+            gone = True
+        if gone:  # removed while a restart (policy, health, API) waited for the lock
+            raise NotFound(f"No such container: {c.id}")
         t0 = time.perf_counter()
         bundle, _spec = await asyncio.to_thread(setup.prepare_start, self, c)
         t1 = time.perf_counter()
