@@ -388,9 +388,12 @@ def time_runs(live: list[Engine], res: Results, runs: int) -> None:
                     fig.values.append(dt * 1000)
 
 
-def many(eng: Engine, res: Results, n: int, runs: int) -> None:
-    """(2), (3), (5): start ``n`` detached containers, time ``ps``, weigh supervisors."""
+def many(eng: Engine, res: Results, n: int, runs: int, weigh: bool = True) -> None:
+    """(2), (3), (5): start ``n`` detached containers, time ``ps``, weigh supervisors
+    (the last two only with ``weigh``)."""
     start, ps, sup = res["start"][eng.name], res["ps"][eng.name], res["percont"][eng.name]
+    if start.error:
+        return
     ids: list[str] = []
     try:
         t0 = time.perf_counter()
@@ -402,6 +405,8 @@ def many(eng: Engine, res: Results, n: int, runs: int) -> None:
         start.values.append(time.perf_counter() - t0)
     except Exception as e:
         start.error = ps.error = sup.error = str(e)
+        return
+    if not weigh:
         return
     try:
         pids = [int(x) for x in eng.ok("inspect", "--format", "{{.State.Pid}}", *ids).split()]
@@ -560,7 +565,8 @@ def report(res: Results, engines: list[Engine], args: argparse.Namespace) -> Non
     print("servers: " + "; ".join(f"{e.name} {e.version}" for e in engines))
     print(f"anchors: {first(['containerd', '--version'])}; {first(['runc', '--version'])}; "
           f"{first(['conmon', '--version'])}")
-    print(f"runs: {args.runs} timed after {WARMUPS} warm-ups; {args.containers} containers")
+    print(f"runs: {args.runs} timed after {WARMUPS} warm-ups; {args.containers} containers, "
+          f"started {args.start_rounds} times")
     names = [e.name for e in engines]
     notes: list[str] = []
     print("\n" + "metric".ljust(31) + "".join(n.ljust(21) for n in names)
@@ -596,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=15, help="timed runs per figure (default 15)")
     ap.add_argument("--containers", type=int, default=20, help="detached containers (default 20)")
+    ap.add_argument("--start-rounds", type=int, default=3,
+                    help="rounds of starting the detached containers (default 3; median)")
     ap.add_argument("--only", action="append", choices=ENGINES,
                     help="measure only this engine (repeatable)")
     ap.add_argument("--install-anchors", action="store_true",
@@ -636,10 +644,14 @@ def main(argv: list[str] | None = None) -> int:
                 res["idle"][eng.name] = Figure(error=str(e))
         live = [e for e in engines if e.error is None]
         time_runs(live, res, args.runs)
-        for eng in live:
-            many(eng, res, args.containers, args.runs)
-            if not args.keep:
-                remove_containers(eng)
+        # (2) is one total per round: rounds interleave the engines against drift, and the
+        # cell is their median; the last round's containers serve (3) and (5).
+        for r in range(args.start_rounds):
+            last = r == args.start_rounds - 1
+            for eng in live:
+                many(eng, res, args.containers, args.runs, weigh=last)
+                if not args.keep or not last:
+                    remove_containers(eng)
         report(res, engines, args)
     finally:
         if args.keep:
