@@ -127,9 +127,9 @@ class Container:
         kw = {k: r[k] for k in cls._FIELDS if k in r}
         return cls(state=State.from_record(r.get("state") or {}), **kw)
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, *, sync: bool = True) -> None:
         data = json.dumps(self.to_record(), separators=(",", ":")).encode()
-        atomic_write(os.path.join(directory, "config.v2.json"), data, 0o600)
+        atomic_write(os.path.join(directory, "config.v2.json"), data, 0o600, sync=sync)
 
     # ---- API shapes --------------------------------------------------------------
 

@@ -137,8 +137,8 @@ class ContainerService:
         attrs.update(extra)
         self.events.publish("container", action, c.id, attrs)
 
-    def save(self, c: Container) -> None:
-        self.store.save(c)
+    def save(self, c: Container, *, sync: bool = True) -> None:
+        self.store.save(c, sync=sync)
 
     def in_use(self, image_id: str) -> list[str]:
         """IDs of containers created from ``image_id`` (the image service's rmi check)."""
@@ -236,7 +236,9 @@ class ContainerService:
         c.state = State(status="running", pid=res.init_pid, started_at=now_rfc3339(),
                         health={"Status": "starting", "FailingStreak": 0, "Log": []}
                         if has_healthcheck(c) else None)
-        self.save(c)
+        # Not fsync'd: after a power loss nothing runs, whatever the record says (restore
+        # then finds no supervisor and records the container as exited).
+        self.save(c, sync=False)
         self._event(c, "start")
         lv.monitor = asyncio.get_running_loop().create_task(self.monitor_exit(c, lv, sup))
         if has_healthcheck(c):

@@ -77,10 +77,12 @@ class ContainerStore:
             self._by_id[c.id] = c
             self._by_name[c.name] = c.id
 
-    def save(self, c: Container) -> None:
+    def save(self, c: Container, *, sync: bool = True) -> None:
+        """Write ``c``'s record (atomically; ``sync=False`` skips the fsync, for facts a
+        power loss makes moot anyway, such as a pid)."""
         d = self.dir(c.id)
         os.makedirs(d, 0o710, exist_ok=True)
-        c.save(d)
+        c.save(d, sync=sync)
 
     def forget(self, c: Container) -> None:
         """Unindex ``c`` and unlink its record: from here on it does not exist, even after
