@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -446,3 +447,44 @@ def test_top_and_stats(ketchd_busybox: Ketchd) -> None:
         assert limit == "32MiB" and int(pids) >= 1 and not usage.startswith("0B")
     finally:
         _ok(d.docker("rm", "-f", cid))
+
+
+def _supervisor_of(cid: str) -> bool:
+    """Whether a supervisor process for container ``cid`` exists (its comm names it)."""
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == \
+                    f"ksup-{cid[:10]}":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_created_containers_behave_like_dockers(tmp_path_factory: pytest.TempPathFactory,
+                                                tmp_path: Path) -> None:
+    """ketchd creates the container speculatively right after `create` (`docker run` starts
+    it a moment later); none of that may show: update before start applies, cp before start
+    lands, a create never started holds no process after a few seconds, nor after the daemon
+    stops."""
+    root = tmp_path_factory.mktemp("ketchd-created")
+    seed_busybox(root)
+    d = start_ketchd(root)
+    try:
+        c1 = _ok(d.docker("create", "busybox", "cat",
+                          "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/added")).strip()
+        _ok(d.docker("update", "--memory", "64m", "--memory-swap", "64m", c1))
+        (tmp_path / "added").write_text("copied before start\n")
+        _ok(d.docker("cp", str(tmp_path / "added"), f"{c1}:/added"))
+        assert _ok(d.docker("start", "-a", c1)) == f"{64 << 20}\ncopied before start\n"
+        c2 = _ok(d.docker("create", "busybox", "echo", "late")).strip()
+        assert _until(lambda: _supervisor_of(c2), 5)  # made speculatively ...
+        assert _until(lambda: not _supervisor_of(c2), 10)  # ... and undone, unused
+        assert _ok(d.docker("start", "-a", c2)) == "late\n"
+        c3 = _ok(d.docker("create", "busybox", "true")).strip()
+        assert _until(lambda: _supervisor_of(c3), 5)
+    finally:
+        stop_ketchd(d.proc)
+    assert not _supervisor_of(c3)
+    assert str(root) not in Path("/proc/mounts").read_text()
+    shutil.rmtree(root, ignore_errors=True)

@@ -79,6 +79,7 @@ async def create(svc: ContainerService, name: str | None, body: Any) -> dict[str
         await asyncio.to_thread(_discard, svc, c)
         raise
     svc._event(c, "create")
+    svc.prespawn(c)
     return {"Id": cid, "Warnings": warnings}
 
 

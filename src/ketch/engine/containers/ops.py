@@ -64,6 +64,7 @@ async def update(svc: ContainerService, ref: str, body: Any) -> dict[str, Any]:
         hc["RestartPolicy"] = createbody.restart_policy({"RestartPolicy":
                                                          body["RestartPolicy"]})
     resources = oci_resources(hc)
+    await svc.drop_prespawn(c)  # a speculatively created container has the old limits
     if c.state.status in ("running", "paused"):
         await asyncio.to_thread(svc.runtime(c.runtime).update, c.id, resources)
     c.host_config = hc

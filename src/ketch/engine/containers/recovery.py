@@ -26,21 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def _kill_supervisor(pidfile: str) -> None:
-    """SIGKILL the supervisor named in ``pidfile`` if it still runs (checked by its name)."""
+    """SIGKILL the supervisor named in ``pidfile`` if it still runs (checked by its name):
+    its container was never started, so it holds nothing worth a graceful end."""
     import os
     import signal
-    import time
 
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            with open(f"/proc/{pid}/comm") as f:
-                if not f.read().startswith(("ksup-", "ketch-holder")):
-                    return
-            time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().startswith("ksup-"):
+                os.kill(pid, signal.SIGKILL)
     except (OSError, ValueError):
         return
 
@@ -161,6 +157,13 @@ async def restore(svc: ContainerService) -> None:
 async def shutdown(svc: ContainerService) -> None:
     """Daemon stop: without live-restore, stop running containers (not as a manual stop)."""
     svc.closing = True
+    if svc.prespawns:  # let spawns in flight land, then undo what nobody started
+        await asyncio.gather(*list(svc.prespawns), return_exceptions=True)
+    for c in svc.store.all():
+        lv = svc.live_all.get(c.id)
+        if lv is not None and lv.prespawned is not None:
+            with contextlib.suppress(Exception):
+                await svc.drop_prespawn(c)
     running = [c for c in svc.store.all() if c.state.status in ("running", "paused")]
     if not svc.config.live_restore and running:
         await asyncio.gather(*(svc.stop_container(c, None, None) for c in running),

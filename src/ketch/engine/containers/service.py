@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ketch.content import ContentStore
     from ketch.engine.engine import EngineConfig
     from ketch.engine.events import EventBus
-    from ketch.engine.supervisor import SupervisorClient, ZygoteHandle
+    from ketch.engine.supervisor import SpawnResult, SupervisorClient, ZygoteHandle
     from ketch.engine.volumes import VolumeService
     from ketch.image.store import ImageStore
     from ketch.runtime.oci_runtime import OCIRuntime
@@ -77,6 +77,10 @@ class _Live:
         self.restart_task: asyncio.Task[None] | None = None
         self.health_task: asyncio.Task[None] | None = None
         self.stopping = False
+        # A supervisor spawned speculatively right after create (bundle dir, result):
+        # `docker run` sends start a few ms later, and finds the container created.
+        self.prespawned: tuple[str, SpawnResult] | None = None
+        self.expire_task: asyncio.Task[None] | None = None
 
 
 class ContainerService:
@@ -94,6 +98,7 @@ class ContainerService:
         self.live_all: dict[str, _Live] = {}
         self._runtimes: dict[str, OCIRuntime] = {}
         self._descs: dict[str, dict[str, Any]] = {}
+        self.prespawns: set[asyncio.Task[None]] = set()
         self.closing = False
 
     # ---- helpers -----------------------------------------------------------------
@@ -183,7 +188,7 @@ class ContainerService:
             await self.start_locked(c, lv)
 
     async def start_locked(self, c: Container, lv: _Live) -> None:
-        from ketch.engine.supervisor import SpawnRequest, SupervisorClient
+        from ketch.engine.supervisor import SupervisorClient
 
         if self.zygote is None:
             raise FailedPrecondition("this daemon cannot run containers (no supervisor)")
@@ -196,25 +201,21 @@ class ContainerService:
         if gone:  # removed while a restart (policy, health, API) waited for the lock
             raise NotFound(f"No such container: {c.id}")
         t0 = time.perf_counter()
-        bundle, _spec = await asyncio.to_thread(setup.prepare_start, self, c)
-        t1 = time.perf_counter()
-        lc = c.host_config.get("LogConfig") or {}
-        req = SpawnRequest(
-            id=c.id, bundle=bundle, state_dir=bundle,
-            runtime=self.runtime_desc(c.runtime),
-            open_stdin=bool(c.config.get("OpenStdin")),
-            stdin_once=bool(c.config.get("StdinOnce")),
-            log={"driver": "json-file" if c.log_path else "none", "path": c.log_path,
-                 "opts": dict(lc.get("Config") or {})})
-        for stale in ("exit.json", "sup.sock"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(bundle, stale))
-        try:
-            res = await self.zygote.aspawn(req)
-        except BaseException as e:
-            await asyncio.to_thread(setup.unmount, self, c)
-            self._start_failed(c, lv, e)
-            raise
+        pre, lv.prespawned = lv.prespawned, None
+        if lv.expire_task is not None:
+            lv.expire_task.cancel()
+            lv.expire_task = None
+        if pre is not None and os.path.exists(os.path.join(pre[0], "sup.sock")):
+            bundle, res = pre
+        else:
+            if pre is not None:  # its supervisor is gone: start afresh
+                await self._teardown_prespawn(c, lv, pre)
+            try:
+                bundle, res = await self._spawn(c)
+            except BaseException as e:
+                await asyncio.to_thread(setup.unmount, self, c)
+                self._start_failed(c, lv, e)
+                raise
         t2 = time.perf_counter()
         sup = SupervisorClient(bundle)
         lv.sup = sup
@@ -231,8 +232,9 @@ class ContainerService:
             await asyncio.to_thread(setup.unmount, self, c)
             self._start_failed(c, lv, e)
             raise
-        log.debug("start %s: prepare %.1f ms, create %.1f ms, start %.1f ms", c.short_id,
-                  (t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000)
+        log.debug("start %s: %s %.1f ms, start %.1f ms", c.short_id,
+                  "prespawned" if pre is not None else "spawn", (t2 - t0) * 1000,
+                  (time.perf_counter() - t2) * 1000)
         c.state = State(status="running", pid=res.init_pid, started_at=now_rfc3339(),
                         health={"Status": "starting", "FailingStreak": 0, "Log": []}
                         if has_healthcheck(c) else None)
@@ -245,6 +247,106 @@ class ContainerService:
             from ketch.engine.containers.health import run_health
 
             lv.health_task = asyncio.get_running_loop().create_task(run_health(self, c, lv))
+
+    async def _spawn(self, c: Container) -> tuple[str, SpawnResult]:
+        """Mount, write the bundle and have the zygote fork a supervisor that creates the
+        container; (bundle dir, result). Raises what the runtime raised."""
+        from ketch.engine.supervisor import SpawnRequest
+
+        assert self.zygote is not None
+        bundle, _spec = await asyncio.to_thread(setup.prepare_start, self, c)
+        lc = c.host_config.get("LogConfig") or {}
+        req = SpawnRequest(
+            id=c.id, bundle=bundle, state_dir=bundle,
+            runtime=self.runtime_desc(c.runtime),
+            open_stdin=bool(c.config.get("OpenStdin")),
+            stdin_once=bool(c.config.get("StdinOnce")),
+            log={"driver": "json-file" if c.log_path else "none", "path": c.log_path,
+                 "opts": dict(lc.get("Config") or {})})
+        for stale in ("exit.json", "sup.sock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(bundle, stale))
+        return bundle, await self.zygote.aspawn(req)
+
+    # Speculative spawn: `docker run` creates, then (a request or two later) starts. The
+    # supervisor is forked and the container created meanwhile; start then only starts
+    # it. Unused for PRESPAWN_TTL seconds, or invalidated (update, rm, daemon stop), it
+    # is undone; a daemon killed meanwhile leaves it to recovery.collect_orphans.
+    PRESPAWN_TTL = 5.0
+
+    def prespawn(self, c: Container) -> None:
+        if self.zygote is not None and not self.closing:
+            task = asyncio.get_running_loop().create_task(self._prespawn(c, self.live(c.id)))
+            self.prespawns.add(task)
+            task.add_done_callback(self.prespawns.discard)
+
+    async def _prespawn(self, c: Container, lv: _Live) -> None:
+        from ketch.engine.supervisor import SupervisorClient
+
+        async with lv.lock:
+            try:
+                current = self.store.get(c.id) is c
+            except NotFound:
+                current = False
+            if (not current or c.state.status != "created" or lv.sup is not None
+                    or lv.prespawned is not None or self.closing):
+                return
+            try:
+                bundle, res = await self._spawn(c)
+            except Exception as e:  # start will try again and report it
+                log.debug("prespawn of %s failed: %s", c.short_id, e)
+                await asyncio.to_thread(setup.unmount, self, c)
+                return
+            lv.prespawned = (bundle, res)
+            lv.sup = SupervisorClient(bundle)
+            lv.sup_ready.set()
+            try:
+                gone = self.store.get(c.id) is not c
+            except NotFound:
+                gone = True
+            if gone or self.closing:  # removed, or the daemon stops, while it spawned
+                await self._teardown_prespawn(c, lv)
+                return
+            lv.expire_task = asyncio.get_running_loop().create_task(
+                self._expire_prespawn(c, lv))
+
+    async def _expire_prespawn(self, c: Container, lv: _Live) -> None:
+        await asyncio.sleep(self.PRESPAWN_TTL)
+        async with lv.lock:
+            lv.expire_task = None
+            await self._teardown_prespawn(c, lv)
+
+    async def drop_prespawn(self, c: Container) -> None:
+        """Undo a speculative spawn (``update`` changes what the container was made with)."""
+        lv = self.live(c.id)
+        if c.state.status == "created":  # the lock: a spawn in flight lands first
+            async with lv.lock:
+                await self._teardown_prespawn(c, lv)
+
+    async def _teardown_prespawn(self, c: Container, lv: _Live,
+                                 pre: tuple[str, SpawnResult] | None = None) -> None:
+        """Kill the created (never started) container, let its supervisor exit, delete
+        the runtime state, unmount. Caller holds ``lv.lock``."""
+        pre = pre or lv.prespawned
+        if pre is None:
+            return
+        lv.prespawned = None
+        if lv.expire_task is not None and lv.expire_task is not asyncio.current_task():
+            lv.expire_task.cancel()
+        lv.expire_task = None
+        sup, lv.sup = lv.sup, None
+        lv.sup_ready.clear()
+        rt = self.runtime(c.runtime)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rt.kill, c.id, signal.SIGKILL)
+        if sup is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sup.await_exit(), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rt.delete, c.id, force=True)
+        await asyncio.to_thread(setup.unmount, self, c)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(pre[0], "exit.json"))
 
     def _start_failed(self, c: Container, lv: _Live, e: BaseException) -> None:
         """Record a failed start; release clients waiting on it (attach, wait), and
@@ -488,6 +590,7 @@ class ContainerService:
                 raise NotFound(f"No such container: {ref}")
             if c.state.status == "removing":
                 raise Conflict(f"removal of container {c.id} is already in progress")
+            await self._teardown_prespawn(c, lv)
             c.state.status = "removing"
             await asyncio.to_thread(self.remove_files, c, volumes, False)
             self.live_all.pop(c.id, None)
