@@ -25,7 +25,7 @@ __all__ = ["restore", "shutdown"]
 log = logging.getLogger(__name__)
 
 
-def _kill_supervisor(pidfile: str) -> None:
+def kill_supervisor(pidfile: str) -> None:
     """SIGKILL the supervisor named in ``pidfile`` if it still runs (checked by its name):
     its container was never started, so it holds nothing worth a graceful end."""
     import os
@@ -56,7 +56,7 @@ def collect_orphans(svc: ContainerService) -> None:
         if c.state.status not in ("running", "paused", "restarting") and os.path.exists(sock):
             with contextlib.suppress(Exception):
                 svc.runtime(c.runtime).delete(c.id, force=True)
-            _kill_supervisor(os.path.join(svc.bundle_dir(c), "sup.pid"))
+            kill_supervisor(os.path.join(svc.bundle_dir(c), "sup.pid"))
             log.info("container %s: undid a start interrupted by the daemon's death",
                      c.short_id)
     for info in svc.snapshotter.walk():

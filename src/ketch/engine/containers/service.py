@@ -212,6 +212,8 @@ class ContainerService:
                 await self._teardown_prespawn(c, lv, pre)
             try:
                 bundle, res = await self._spawn(c)
+            except asyncio.CancelledError:
+                raise  # _spawn undoes what the zygote makes
             except BaseException as e:
                 await asyncio.to_thread(setup.unmount, self, c)
                 self._start_failed(c, lv, e)
@@ -266,7 +268,34 @@ class ContainerService:
         for stale in ("exit.json", "sup.sock"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(bundle, stale))
-        return bundle, await self.zygote.aspawn(req)
+        spawn = asyncio.ensure_future(self.zygote.aspawn(req))
+        try:
+            return bundle, await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # The zygote goes on regardless (a restart cancelled by `docker stop`, say):
+            # undo what it makes, or its supervisor would wait for a start forever.
+            asyncio.get_running_loop().create_task(self._undo_spawn(c, bundle, spawn))
+            raise
+
+    async def _undo_spawn(self, c: Container, bundle: str,
+                          spawn: asyncio.Future[SpawnResult]) -> None:
+        try:
+            await spawn
+        except Exception:
+            return  # nothing was made
+        from ketch.engine.supervisor import SupervisorClient
+
+        rt = self.runtime(c.runtime)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rt.kill, c.id, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(SupervisorClient(bundle).await_exit(), 5)
+        if os.path.exists(os.path.join(bundle, "sup.sock")):
+            recovery.kill_supervisor(os.path.join(bundle, "sup.pid"))
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(rt.delete, c.id, force=True)
+        if c.state.status not in ("running", "paused"):
+            await asyncio.to_thread(setup.unmount, self, c)
 
     # Speculative spawn: `docker run` creates, then (a request or two later) starts. The
     # supervisor is forked and the container created meanwhile; start then only starts
@@ -298,6 +327,7 @@ class ContainerService:
                 await asyncio.to_thread(setup.unmount, self, c)
                 return
             lv.prespawned = (bundle, res)
+            log.debug("prespawned %s", c.short_id)
             lv.sup = SupervisorClient(bundle)
             lv.sup_ready.set()
             try:
@@ -330,6 +360,7 @@ class ContainerService:
         pre = pre or lv.prespawned
         if pre is None:
             return
+        log.debug("undoing the prespawn of %s", c.short_id)
         lv.prespawned = None
         if lv.expire_task is not None and lv.expire_task is not asyncio.current_task():
             lv.expire_task.cancel()
@@ -342,6 +373,8 @@ class ContainerService:
         if sup is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sup.await_exit(), 5)
+        if os.path.exists(os.path.join(pre[0], "sup.sock")):  # still there: no mercy
+            recovery.kill_supervisor(os.path.join(pre[0], "sup.pid"))
         with contextlib.suppress(Exception):
             await asyncio.to_thread(rt.delete, c.id, force=True)
         await asyncio.to_thread(setup.unmount, self, c)
