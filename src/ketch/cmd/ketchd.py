@@ -259,6 +259,9 @@ async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle 
                      port)
         log.info("ketchd %s ready in %.1f ms", ketch.__version__,
                  (time.monotonic() - started) * 1000)
+        from ketch.sys.libc import malloc_trim
+
+        malloc_trim()  # start-up garbage back to the kernel: idle is what idle uses
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -281,6 +284,29 @@ async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle 
             os.unlink(args.pidfile)
 
 
+def _preload() -> None:
+    """Import what the daemon and the zygote will run (no threads start on import), then
+    freeze the collector's view of it so neither process dirties those pages later."""
+    import gc
+    import importlib
+
+    from ketch.engine.supervisor.zygote import PRELOAD
+
+    for mod in (*PRELOAD, "ketch.api.routers", "ketch.api.http", "ketch.api.router",
+                "ketch.engine.engine", "ketch.engine.containers.service",
+                "ketch.engine.containers.create", "ketch.engine.images",
+                "ketch.engine.volumes", "ketch.api.routers.containers",
+                "ketch.api.routers.images", "ketch.api.routers.volumes",
+                "ketch.api.routers.events", "ketch.api.routers.system",
+                "ketch.api.routers.archive", "ketch.engine.specconv"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     args = _parser().parse_args(argv)
@@ -291,7 +317,9 @@ def main(argv: list[str] | None = None) -> None:
                                                              str(args.log_level).upper())
         logging.basicConfig(level=level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        # The supervisors' fork server is forked now, while this process has one thread.
+        # The supervisors' fork server is forked now, while this process has one thread,
+        # after both sides' modules are imported: their pages are then shared, not copied.
+        _preload()
         from ketch.engine.supervisor import start_zygote
 
         zygote = start_zygote()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["MACHINE", "check", "libc", "nr", "syscall"]
+__all__ = ["MACHINE", "check", "libc", "malloc_trim", "nr", "syscall"]
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -85,3 +85,12 @@ def syscall(name: str, *args: int | bytes | ctypes.c_void_p | None, desc: str = 
         else:
             conv.append(a)
     return check(_syscall(ctypes.c_long(nr(name)), *conv), desc or name)
+
+
+def malloc_trim() -> None:
+    """Give free heap pages back to the kernel (glibc's ``malloc_trim(0)``); a no-op
+    where the C library has no such call. Long-lived daemons call it once start-up
+    garbage is gone, so their idle footprint is what they use."""
+    fn = getattr(libc, "malloc_trim", None)
+    if fn is not None:
+        fn(0)

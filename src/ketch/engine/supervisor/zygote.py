@@ -220,6 +220,9 @@ def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
         _warm_caches()
         gc.collect()
         gc.freeze()
+        from ketch.sys.libc import malloc_trim
+
+        malloc_trim()
         _serve(sock)
     except BaseException:
         import traceback
