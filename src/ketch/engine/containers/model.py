@@ -12,6 +12,7 @@ and ``ContainerSummary``); times are RFC 3339 with nanoseconds, as dockerd print
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import time
@@ -32,8 +33,10 @@ def now_rfc3339() -> str:
     return f"{base}.{ns % 1_000_000_000:09d}Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_rfc3339(text: str) -> float:
-    """Seconds since the epoch of an RFC 3339 time as written by :func:`now_rfc3339`."""
+    """Seconds since the epoch of an RFC 3339 time as written by :func:`now_rfc3339`
+    (memoised: ``docker ps`` parses every container's times on every call)."""
     if not text or text.startswith("0001-"):
         return 0.0
     main, _, frac = text.rstrip("Z").partition(".")
