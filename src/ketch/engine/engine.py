@@ -74,7 +74,14 @@ class Engine:
         self.content = LocalContentStore(os.path.join(data, "content"))
         self.snapshotter = _snapshotter(os.path.join(data, "snapshots"))
         self.image_store = ImageStore(os.path.join(data, "images"), self.content)
-        self.system = System(data_root=data, exec_root=exe, debug=config.debug)
+        from ketch.engine.containers import runtimes
+
+        self.system = System(
+            data_root=data, exec_root=exe, debug=config.debug,
+            default_runtime=config.default_runtime,
+            runtimes={n: runtimes.describe(n, config.runtimes, exe).get("path", "ketch")
+                      for n in runtimes.known(config.runtimes)},
+            live_restore=config.live_restore, log_driver=config.log_driver)
         # --- services (one line each; keep this block additive) ---
         self.images = ImageService(self.image_store, self.content, self.snapshotter, self.events)
         self.volumes = VolumeService(os.path.join(data, "volumes"), self.events)
@@ -95,13 +102,6 @@ class Engine:
         self.images.in_use = self.containers.in_use
         self.images.running = self.containers.running_with
         self.system.counts = self._counts
-        self.system.overrides = {
-            "Runtimes": {n: {"path": self.containers.runtime_desc(n).get("path", "ketch")}
-                         for n in self.containers.runtime_names()},
-            "DefaultRuntime": self.config.default_runtime,
-            "LiveRestoreEnabled": self.config.live_restore,
-            "LoggingDriver": self.config.log_driver,
-        }
 
     def _counts(self) -> dict[str, int]:
         states = [c.state.status for c in self.containers.store.all()]

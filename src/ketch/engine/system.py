@@ -12,11 +12,10 @@ import datetime as dt
 import logging
 import os
 import platform
-import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +97,18 @@ class System:
     """The real ``SystemBackend`` of ketchd."""
 
     def __init__(self, *, data_root: str, exec_root: str, debug: bool = False,
-                 default_runtime: str = "ketch") -> None:
+                 default_runtime: str = "ketch",
+                 runtimes: Mapping[str, str] | None = None, live_restore: bool = False,
+                 log_driver: str = "json-file") -> None:
+        """``runtimes``: name → binary of each runtime the engine can run containers
+        with (ketch's in-process one included); the engine knows, this only reports."""
         self.data_root = data_root
         self.exec_root = exec_root
         self.debug = debug
         self.default_runtime = default_runtime
+        self._runtimes = dict(runtimes or {"ketch": "ketch"})
+        self.live_restore = live_restore
+        self.log_driver = log_driver
         self.id = _engine_id(data_root)
         uname = os.uname()
         self.kernel = uname.release
@@ -116,7 +122,6 @@ class System:
         self._static: dict[str, Any] | None = None
         # Set by the engine once its stores exist: {"Containers": n, ...} figures.
         self.counts: Callable[[], dict[str, int]] = lambda: {}
-        self.overrides: dict[str, Any] = {}  # daemon facts: runtimes, live restore
 
     # -- GET /version ----------------------------------------------------------
 
@@ -139,13 +144,7 @@ class System:
     # -- GET /info ---------------------------------------------------------------
 
     def runtimes(self) -> dict[str, dict[str, str]]:
-        """OCI runtimes installed on this host; ketch's own is always there."""
-        out = {"ketch": {"path": shutil.which("ketch-runtime") or "ketch-runtime"}}
-        for name in ("runc", "crun"):
-            path = shutil.which(name)
-            if path:
-                out[name] = {"path": path}
-        return out
+        return {name: {"path": path} for name, path in self._runtimes.items()}
 
     def _cgroup_facts(self) -> dict[str, Any]:
         try:
@@ -186,7 +185,7 @@ class System:
                 "BridgeNfIp6tables": _read_flag(
                     "/proc/sys/net/bridge/bridge-nf-call-ip6tables"),
                 "IPv4Forwarding": _read_flag("/proc/sys/net/ipv4/ip_forward"),
-                "LoggingDriver": "json-file",
+                "LoggingDriver": self.log_driver,
                 "CgroupDriver": "cgroupfs",
                 **self._cgroup_facts(),
                 "KernelVersion": self.kernel,
@@ -216,7 +215,7 @@ class System:
                 "DefaultRuntime": self.default_runtime,
                 "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
                           "ControlAvailable": False, "Error": "", "RemoteManagers": None},
-                "LiveRestoreEnabled": False,
+                "LiveRestoreEnabled": self.live_restore,
                 "Isolation": "",
                 "InitBinary": "",
                 "ContainerdCommit": {"ID": ""},
@@ -241,7 +240,6 @@ class System:
             nfd = len(os.listdir("/proc/self/fd"))
         except OSError:
             nfd = 0
-        info.update(self.overrides)
         info.update({
             "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0,
             "ContainersStopped": 0, "Images": 0, **self.counts(),

@@ -22,7 +22,7 @@ from ketch.api.httpstatus import json_response
 from ketch.api.params import bool_arg, int_arg, json_body
 from ketch.api.router import Route
 from ketch.engine.containers import ops, query, streams
-from ketch.engine.containers.model import parse_rfc3339
+from ketch.engine.events import parse_time
 from ketch.errors import Conflict, InvalidArgument
 
 if TYPE_CHECKING:
@@ -40,21 +40,10 @@ def _filters(request: Request) -> dict[str, list[str]]:
 
 
 def _log_time(text: str | None) -> int | None:
+    """A logs ``since``/``until`` bound in ns; unset or ``0`` is no bound."""
     if not text or text == "0":
         return None
-    sec, dot, frac = text.partition(".")
-    if sec.lstrip("-").isdigit() and (not dot or frac.isdigit()):
-        # Exactly, not through a float: the CLI sends nanoseconds ("1764489000.123456789").
-        return int(sec) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
-    try:
-        return int(float(text) * 1_000_000_000)
-    except ValueError:
-        from ketch.engine.logs.jsonfile import parse_time
-
-        try:
-            return parse_time(text)
-        except ValueError:
-            raise InvalidArgument(f"invalid time value {text!r}") from None
+    return parse_time(text)
 
 
 class ContainersRouter:
@@ -248,33 +237,7 @@ class ContainersRouter:
         return Response(204)
 
     async def prune(self, request: Request) -> Response:
-        filters = _filters(request)
-        bad = set(filters) - {"until", "label", "label!"}
-        if bad:
-            raise InvalidArgument(f"invalid filter '{sorted(bad)[0]}'")
-        deleted: list[str] = []
-        reclaimed = 0
-        for c in list(self.c.store.all()):
-            if c.state.status not in ("exited", "created", "dead"):
-                continue
-            labels = c.config.get("Labels") or {}
-            if not all(query._label_match(labels, v) for v in filters.get("label", [])):
-                continue
-            if any(query._label_match(labels, v) for v in filters.get("label!", [])):
-                continue
-            if filters.get("until"):
-                limit = _log_time(filters["until"][0])
-                if limit is not None and parse_rfc3339(c.created) * 1e9 > limit:
-                    continue
-            try:
-                size = (await asyncio.to_thread(query.sizes, self.c, c))[0]
-                await self.c.remove(c.id)
-            except Exception:
-                continue
-            deleted.append(c.id)
-            reclaimed += size
-        return json_response({"ContainersDeleted": deleted or None,
-                              "SpaceReclaimed": reclaimed})
+        return json_response(await ops.prune(self.c, _filters(request)))
 
     # ---- exec ----
 

@@ -79,18 +79,11 @@ async def _check(svc: ContainerService, c: Container, lv: _Live, cmd: list[str],
     sw.close()
     st = await asyncio.to_thread(sup.exec_state, exec_id)
     code = st.get("exit_code")
-    text = _deframe(bytes(out)).decode("utf-8", "replace")
+    from ketch.engine.supervisor.protocol import FrameDecoder
+
+    text = b"".join(data for _, data in FrameDecoder().feed(bytes(out))).decode(
+        "utf-8", "replace")
     return (code if isinstance(code, int) else -1), text[:_MAX_OUTPUT]
-
-
-def _deframe(data: bytes) -> bytes:
-    out = bytearray()
-    i = 0
-    while i + 8 <= len(data):
-        size = int.from_bytes(data[i + 4:i + 8], "big")
-        out += data[i + 8:i + 8 + size]
-        i += 8 + size
-    return bytes(out)
 
 
 async def run_health(svc: ContainerService, c: Container, lv: _Live) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ketch.engine.containers import createbody
+from ketch.engine.containers.model import parse_rfc3339
 from ketch.engine.specconv import oci_resources
 from ketch.errors import Conflict, InvalidArgument
 
 if TYPE_CHECKING:
     from ketch.engine.containers.service import ContainerService
 
-__all__ = ["pause", "rename", "unpause", "update"]
+__all__ = ["pause", "prune", "rename", "unpause", "update"]
 
 
 async def pause(svc: ContainerService, ref: str) -> None:
@@ -71,3 +73,35 @@ async def update(svc: ContainerService, ref: str, body: Any) -> dict[str, Any]:
     svc.save(c)
     svc._event(c, "update")
     return {"Warnings": []}
+
+
+async def prune(svc: ContainerService, filters: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """``docker container prune``: remove stopped containers matching ``until``, ``label``
+    and ``label!``; what was removed and the writable-layer space it freed."""
+    from ketch.engine.containers.query import label_match, sizes
+    from ketch.engine.events import parse_time
+
+    bad = set(filters) - {"until", "label", "label!"}
+    if bad:
+        raise InvalidArgument(f"invalid filter '{sorted(bad)[0]}'")
+    until = parse_time(filters["until"][0]) if filters.get("until") else None
+    deleted: list[str] = []
+    reclaimed = 0
+    for c in list(svc.store.all()):
+        if c.state.status not in ("exited", "created", "dead"):
+            continue
+        labels = c.config.get("Labels") or {}
+        if not all(label_match(labels, v) for v in filters.get("label", [])):
+            continue
+        if any(label_match(labels, v) for v in filters.get("label!", [])):
+            continue
+        if until is not None and parse_rfc3339(c.created) * 1e9 > until:
+            continue
+        try:
+            size = (await asyncio.to_thread(sizes, svc, c))[0]
+            await svc.remove(c.id)
+        except Exception:
+            continue
+        deleted.append(c.id)
+        reclaimed += size
+    return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}

@@ -12,7 +12,7 @@ from ketch.errors import InvalidArgument, NotFound
 if TYPE_CHECKING:
     from ketch.engine.containers.service import ContainerService
 
-__all__ = ["LIST_FILTERS", "inspect", "list_containers"]
+__all__ = ["LIST_FILTERS", "inspect", "label_match", "list_containers", "sizes"]
 
 LIST_FILTERS = frozenset({"ancestor", "before", "expose", "exited", "health", "id",
                           "isolation", "is-task", "label", "name", "network", "publish",
@@ -50,7 +50,7 @@ def sizes(svc: ContainerService, c: Container) -> tuple[int, int]:
     return rw, rw + img
 
 
-def _label_match(labels: Mapping[str, str], want: str) -> bool:
+def label_match(labels: Mapping[str, str], want: str) -> bool:
     key, eq, value = want.partition("=")
     if key not in labels:
         return False
@@ -82,7 +82,7 @@ def _matcher(svc: ContainerService, filters: Mapping[str, Sequence[str]]
             return False
         if "status" in f and c.state.status not in f["status"]:
             return False
-        if "label" in f and not all(_label_match(c.config.get("Labels") or {}, v)
+        if "label" in f and not all(label_match(c.config.get("Labels") or {}, v)
                                     for v in f["label"]):
             return False
         if "exited" in f and not (c.state.status == "exited" and

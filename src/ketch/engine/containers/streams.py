@@ -19,6 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ketch.engine.containers.model import Container
+from ketch.engine.supervisor.protocol import DEFAULT_DETACH_KEYS, STDERR, STDOUT
+from ketch.engine.supervisor.protocol import frame as _frame
+from ketch.engine.supervisor.protocol import parse_detach_keys as _parse_detach_keys
 from ketch.errors import Conflict, InvalidArgument, NotImplementedYet
 
 if TYPE_CHECKING:
@@ -29,34 +32,18 @@ __all__ = ["Hijack", "attach", "frame", "logs", "parse_detach_keys", "pump"]
 
 Hijack = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-_STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
+_STREAM_IDS = {"stdout": STDOUT, "stderr": STDERR}
 
 
 def frame(stream: str, data: bytes) -> bytes:
-    """Docker's multiplexed stream framing: [stream, 0, 0, 0, big-endian length] + data."""
-    return bytes((_STREAM_IDS.get(stream, 1), 0, 0, 0)) + len(data).to_bytes(4, "big") + data
+    """A log entry of ``stream`` (its name) as one multiplexed frame."""
+    return _frame(_STREAM_IDS.get(stream, STDOUT), data)
 
 
 def parse_detach_keys(text: str | None) -> list[int]:
-    """``ctrl-p,ctrl-q`` → [16, 17]; single characters stand for themselves."""
-    if not text:
-        text = "ctrl-p,ctrl-q"
-    out = []
-    for part in text.split(","):
-        p = part.strip()
-        if len(p) == 1:
-            out.append(ord(p))
-            continue
-        if p.lower().startswith("ctrl-") and len(p) == 6:
-            ch = p[5].lower()
-            code = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}.get(ch)
-            if code is None and "a" <= ch <= "z":
-                code = ord(ch) - ord("a") + 1
-            if code is not None:
-                out.append(code)
-                continue
-        raise InvalidArgument(f"Invalid detach keys ({text}) provided")
-    return out
+    """Docker's ``--detach-keys`` (the supervisor protocol's parser); unset or empty
+    means Docker's default, ctrl-p ctrl-q."""
+    return _parse_detach_keys(text or "") or list(DEFAULT_DETACH_KEYS)
 
 
 async def pump(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 from ketch.engine.supervisor.launch import (
     LaunchIO,
     listen_unix,
+    reap_children,
     run_runtime,
     set_wakeup_fd,
     setup_process,
@@ -151,13 +152,7 @@ class ExecSupervisor(Loop):
 
     def reap(self) -> None:
         """Collect exited children: the exec'd process and orphans reparented to us."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reap_children():
             if pid == self.ex.pid and self.ex.exit_code is None:
                 self.ex.exit_code = exit_code_of(status)
                 self.ex.drain_until = time.monotonic() + DRAIN_CAP

@@ -21,7 +21,7 @@ import _socket as socket
 import importlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ketch.engine.supervisor.protocol import (
@@ -39,6 +39,7 @@ __all__ = [
     "cleanup_failed",
     "close_quiet",
     "listen_unix",
+    "reap_children",
     "run_isolated",
     "run_runtime",
     "set_wakeup_fd",
@@ -69,6 +70,18 @@ def unlink_quiet(path: str) -> None:
 
 def _noop(_sig: int, _frame: object) -> None:
     pass
+
+
+def reap_children() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, without blocking."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def run_runtime(runtime: object, fn: Callable[[], int | None]) -> int:

@@ -27,6 +27,7 @@ from ketch.engine.supervisor.launch import (
     LaunchIO,
     cleanup_failed,
     listen_unix,
+    reap_children,
     run_runtime,
     set_wakeup_fd,
     setup_process,
@@ -166,13 +167,7 @@ class Supervisor(Loop):
 
     def reap(self) -> None:
         """Collect every exited child: the init, and orphans reparented to us."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reap_children():
             if pid == self.init_pid and self.exit_status is None:
                 self.exit_status = status
                 self.drain_until = time.monotonic() + DRAIN_CAP

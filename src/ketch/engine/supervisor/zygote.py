@@ -318,10 +318,7 @@ def _fork_supervisor(req: SpawnRequest | ExecRequest, sock: socket.socket) -> in
 
 def _reap(_sig: int = 0, _frame: object = None) -> None:
     """Collect exited supervisors (the zygote's only children)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    from ketch.engine.supervisor.launch import reap_children
+
+    for _ in reap_children():
+        pass
