@@ -112,6 +112,8 @@ def test_info_df_and_prune(ketchd_busybox: Ketchd) -> None:
     assert info["ContainersStopped"] >= 1 and "ketch" in info["Runtimes"]
     df = _ok(d.docker("system", "df"))
     assert df.splitlines()[0].split()[0] == "TYPE" and "Images" in df and "Containers" in df
+    kept = _ok(d.docker("container", "prune", "-f", "--filter", "until=1h"))
+    assert cid not in kept  # created after the bound: not pruned
     out = _ok(d.docker("container", "prune", "-f"))
     assert cid in out
     r = d.docker("container", "inspect", cid)
