@@ -98,6 +98,30 @@ def test_symlinked_mount_destination_stays_in_rootfs(ctl: Ctl, make_bundle: Call
     assert mounts_of_host() == before
 
 
+def test_existing_destination_through_symlink_resolves_in_rootfs(
+        ctl: Ctl, make_bundle: Callable[..., str], cid: str, tmp_path: Path) -> None:
+    """Targets that exist are resolved by the kernel (openat2 RESOLVE_IN_ROOT): an
+    absolute symlink and ``..`` still land inside the rootfs, never on the host's twin."""
+    host_dir = tmp_path / "twin"
+    (host_dir / "w").mkdir(parents=True)
+    b = make_bundle(["/bin/sh", "-c", f"grep -c ' {host_dir}/w ' /proc/mounts; "
+                     "grep -c ' /inner ' /proc/mounts"])
+    rootfs = Path(b) / "rootfs"
+    (rootfs / str(host_dir).lstrip("/") / "w").mkdir(parents=True)  # the rootfs's twin
+    (rootfs / "inner").mkdir()
+    os.symlink(str(host_dir), rootfs / "abs-link")
+    os.symlink("../../../../../../inner", rootfs / "etc" / "up-link")
+    cfg = edit_config(b)
+    edit_config(b, mounts=cfg["mounts"] + [
+        {"destination": "/abs-link/w", "type": "tmpfs", "source": "tmpfs"},
+        {"destination": "/etc/up-link", "type": "tmpfs", "source": "tmpfs"},
+    ])
+    before = mounts_of_host()
+    p = ctl("run", "--bundle", b, cid)
+    assert p.stdout.split() == ["1", "1"]
+    assert mounts_of_host() == before
+
+
 def test_dotdot_bind_source_is_the_bundle_and_destination_clamped(
         ctl: Ctl, make_bundle: Callable[..., str], cid: str, tmp_path: Path) -> None:
     secret = tmp_path / "secret"

@@ -11,6 +11,7 @@ dir when ``.venv/libexec/ketch-holder`` is missing or stale), and with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -453,6 +454,41 @@ def test_killed_by_signal_and_runtime_cleanup(box: Box) -> None:
     for r2 in (req, req2):
         box.deleted_by_daemon(r2.id)
     assert box.rt.list() == []
+
+
+def _spares(zygote: ZygoteHandle, wait: float = 5) -> list[int]:
+    """The zygote's waiting spares (waiting up to ``wait`` s for one: after start-up
+    or a spawn the zygote forks it a moment later)."""
+    deadline = time.monotonic() + wait
+    while True:
+        kids = Path(f"/proc/{zygote.pid}/task/{zygote.pid}/children").read_text().split()
+        found = []
+        for p in kids:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{p}/comm").read_text().strip() == "ketch-spare":
+                    found.append(int(p))
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
+
+
+def test_spare_becomes_the_supervisor_and_a_killed_spare_is_replaced(box: Box) -> None:
+    spares = _spares(box.zygote)
+    assert len(spares) == 1  # one forked ahead of need, waiting
+    res, client = box.spawn(box.request(["/bin/sleep", "1000"]))
+    assert res.supervisor_pid == spares[0]  # it took the request
+    after = _spares(box.zygote)
+    assert len(after) == 1 and after != spares  # and the next one is waiting
+    os.kill(after[0], signal.SIGKILL)
+    assert _gone(after[0], 5)
+    # no spare to hand to: the zygote forks for the request, and a new spare follows
+    req2 = box.request(["/bin/sleep", "1000"])
+    res2, client2 = box.spawn(req2)
+    client2.start()
+    assert client2.state()["status"] == "running"
+    assert res2.supervisor_pid != after[0]
+    assert len(_spares(box.zygote)) == 1
+    assert client.state()["status"] == "created"
 
 
 def test_create_failure_leaves_nothing(box: Box) -> None:

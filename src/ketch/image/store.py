@@ -115,12 +115,28 @@ class Image:
 
 # -- reading image content --------------------------------------------------------------
 
+# Manifests and configs read before, by digest: content-addressed bytes never change,
+# and every container create and start reads its image's again. Small blobs only.
+_VERIFIED: dict[str, bytes] = {}
+_VERIFIED_MAX, _VERIFIED_BLOB_MAX = 256, 1 << 20
+
+
 def read_json_blob(content: ContentStore, desc: Descriptor) -> dict[str, Any]:
     """The JSON object ``desc`` points at, after checking size and digest."""
-    data = desc.data if desc.data is not None else content.read(desc.digest)
-    if len(data) != desc.size or digest_of(data, desc.digest.algorithm) != desc.digest:
-        raise InvalidArgument(f"content {desc.digest}: does not match its descriptor "
-                              f"(size or digest differs)")
+    key = str(desc.digest)
+    data = _VERIFIED.get(key)
+    if data is None or len(data) != desc.size:
+        data = desc.data if desc.data is not None else content.read(desc.digest)
+        if len(data) != desc.size or digest_of(data, desc.digest.algorithm) != desc.digest:
+            raise InvalidArgument(f"content {desc.digest}: does not match its descriptor "
+                                  f"(size or digest differs)")
+        if len(data) <= _VERIFIED_BLOB_MAX:
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                try:  # the oldest; threads may race here, which costs a cache entry only
+                    _VERIFIED.pop(next(iter(_VERIFIED)))
+                except (KeyError, RuntimeError, StopIteration):
+                    pass
+            _VERIFIED[key] = data
     try:
         obj = json.loads(data)
     except ValueError as e:

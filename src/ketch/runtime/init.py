@@ -175,14 +175,18 @@ def preload(config: Mapping[str, Any], process: Mapping[str, Any], seccomp: bool
         import subprocess  # noqa: F401
 
 
+_UNTIL_START = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2)
+
+
 def _terminate_on_signals() -> None:
     # As pid 1 of its namespace, I only receives signals it has a handler for; until
-    # the program runs, a TERM/INT/... from the host must still end it.
+    # the program runs, a TERM/INT/... from the host must still end it. From start on,
+    # the program's own dispositions decide (see _wait_for_start).
     def die(signum: int, _frame: object) -> None:
         os._exit(128 + signum)
 
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-              signal.SIGUSR2):
+    for s in _UNTIL_START:
         signal.signal(s, die)
 
 
@@ -280,17 +284,26 @@ def _sysctl(values: Mapping[str, str]) -> None:
 
 
 def _wait_for_start(fd: int) -> None:
+    """Block until ``start`` writes the exec fifo. From that moment a signal is the
+    program's: the handlers that ended a not-yet-started I go back to the default (for
+    pid 1 of a namespace: ignored), under a blocked mask so none slips in between."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     while True:
         try:
             poller.poll()
-            data = os.read(fd, 1)
         except InterruptedError:
             continue
-        except BlockingIOError:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _UNTIL_START)
+        try:
+            data = os.read(fd, 1)
+        except (InterruptedError, BlockingIOError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _UNTIL_START)
             continue
         if data:
+            for s in _UNTIL_START:
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _UNTIL_START)
             os.close(fd)
             return
         os._exit(1)  # the writer went away without starting us

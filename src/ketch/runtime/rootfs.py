@@ -9,10 +9,12 @@ stages around the createContainer hooks:
     pivot(...)     pivot_root into the rootfs and detach the old root
     finalize(...)  after pivot_root: maskedPaths, readonlyPaths, read-only root
 
-Every mount destination is resolved inside the rootfs with :func:`secure_join`
-(symlinks and ``..`` can never leave it) and the mount is made on an ``O_PATH``
-descriptor of the resolved target, after checking where that descriptor really
-points, so a symlink swapped in between cannot redirect it either.
+Every mount destination is resolved inside the rootfs, symlinks and ``..``
+included, so nothing can lead out of it: by the kernel with openat2's
+RESOLVE_IN_ROOT when the target exists (one call), else by :func:`secure_join`,
+which also creates what is missing. The mount is made on the ``O_PATH``
+descriptor of the resolved target (checked for where it really points, on the
+secure_join path), so a symlink swapped in between cannot redirect it either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from ketch.errors import InvalidArgument
 from ketch.oci.runtime_spec import DEFAULT_DEVICES, PROPAGATION, parse_mount_options
 from ketch.sys.mount import MNT_DETACH, MS, mount, pivot_root, umount
+from ketch.sys.openat2 import RESOLVE, openat2
 
 # typing costs ms to import on every container start; annotations are strings here
 TYPE_CHECKING = False
@@ -123,6 +126,48 @@ def _make_target(root: str, dest: str, is_dir: bool) -> str:
     return path
 
 
+# prepare()'s (rootfs, O_PATH descriptor of it) while it runs: openat2 resolves mount
+# targets under it in one call, the kernel keeping every step inside (Linux 5.6+).
+_root_fd: tuple[str, int] | None = None
+_IN_ROOT = int(RESOLVE.IN_ROOT | RESOLVE.NO_MAGICLINKS)
+_FALLBACK = (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG, errno.EAGAIN, errno.EXDEV)
+
+
+def _open_existing(root: str, dest: str) -> int | None:
+    """O_PATH descriptor of ``dest`` resolved inside ``root`` if it exists; None when it
+    does not, or when openat2 cannot say (old kernel, seccomp): the caller then walks."""
+    global _root_fd
+    if _root_fd is None or _root_fd[0] != root:
+        return None
+    try:
+        return openat2(_root_fd[1], dest, os.O_PATH | os.O_CLOEXEC, 0, _IN_ROOT)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        if e.errno in _FALLBACK:
+            os.close(_root_fd[1])
+            _root_fd = None
+            return None
+        raise
+
+
+def _target(root: str, dest: str, is_dir: bool) -> int:
+    """O_PATH descriptor of mount target ``dest`` inside ``root``, made if missing."""
+    fd = _open_existing(root, dest)
+    if fd is not None:
+        return fd
+    return _open_verified(root, _make_target(root, dest, is_dir))
+
+
+def _mount_fd(fd: int, source: str | None, fstype: str | None, flags: int,
+              data: str | None) -> None:
+    """mount(2) on what ``fd`` names; closes ``fd``."""
+    try:
+        mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
 def _mount_at(root: str, path: str, source: str | None, fstype: str | None, flags: int,
               data: str | None) -> None:
     fd = _open_verified(root, path)
@@ -157,28 +202,28 @@ def _do_mount(root: str, bundle: str, m: Mapping[str, Any], userns: bool,
         if not source.startswith("/"):
             source = os.path.join(bundle, source)
         is_dir = os.path.isdir(source)
-        path = _make_target(root, dest, is_dir)
-        _mount_at(root, path, source, None, MS.BIND | (flags & MS.REC), None)
+        _mount_fd(_target(root, dest, is_dir), source, None, MS.BIND | (flags & MS.REC), None)
         extra = flags & ~(MS.BIND | MS.REC | MS.REMOUNT)
         if extra:
-            _mount_at(root, path, None, None,
-                      MS.BIND | MS.REMOUNT | extra | (_locked_flags(path) if userns else 0), None)
+            fd = _target(root, dest, is_dir)  # the bind now, not what it covers
+            locked = _locked_flags(f"/proc/self/fd/{fd}") if userns else 0
+            _mount_fd(fd, None, None, MS.BIND | MS.REMOUNT | extra | locked, None)
     elif fstype == "cgroup" or fstype == "cgroup2":
         _mount_cgroup(root, dest, fstype, flags, cgroup_binds)
     else:
-        path = _make_target(root, dest, True)
         ro_later = dest == "/dev" and bool(flags & MS.RDONLY)  # /dev gets its nodes first
         try:
-            _mount_at(root, path, source, fstype, flags & ~(MS.RDONLY if ro_later else 0),
-                      data or None)
+            _mount_fd(_target(root, dest, True), source, fstype,
+                      flags & ~(MS.RDONLY if ro_later else 0), data or None)
         except PermissionError:
             if fstype != "sysfs":
                 raise
             # no network namespace of our own: sysfs cannot be mounted, bind the host's
-            _mount_at(root, path, "/sys", None, MS.BIND | MS.REC, None)
-            _mount_at(root, path, None, None, MS.BIND | MS.REMOUNT | MS.REC | flags, None)
+            _mount_fd(_target(root, dest, True), "/sys", None, MS.BIND | MS.REC, None)
+            _mount_fd(_target(root, dest, True), None, None,
+                      MS.BIND | MS.REMOUNT | MS.REC | flags, None)
     if prop:
-        _mount_at(root, secure_join(root, dest), None, None, prop, None)
+        _mount_fd(_target(root, dest, True), None, None, prop, None)
 
 
 def _mount_cgroup(root: str, dest: str, fstype: str, flags: int,
@@ -188,21 +233,38 @@ def _mount_cgroup(root: str, dest: str, fstype: str, flags: int,
     ``cgroup_binds`` lists (name under dest, host directory of the container's
     cgroup in that hierarchy). On a unified host it has one entry with name "".
     """
-    path = _make_target(root, dest, True)
     ro = flags & MS.RDONLY
     base = flags & (MS.NOSUID | MS.NODEV | MS.NOEXEC)
     if len(cgroup_binds) == 1 and cgroup_binds[0][0] == "":
         host = cgroup_binds[0][1]
-        _mount_at(root, path, host, None, MS.BIND | MS.REC, None)
-        _mount_at(root, path, None, None, MS.BIND | MS.REMOUNT | base | ro, None)
+        _mount_fd(_target(root, dest, True), host, None, MS.BIND | MS.REC, None)
+        _mount_fd(_target(root, dest, True), None, None, MS.BIND | MS.REMOUNT | base | ro, None)
         return
-    _mount_at(root, path, "tmpfs", "tmpfs", base, "mode=755")
-    for name, host in cgroup_binds:
-        sub = _make_target(root, os.path.join(dest, name), True)
-        _mount_at(root, sub, host, None, MS.BIND | MS.REC, None)
-        _mount_at(root, sub, None, None, MS.BIND | MS.REMOUNT | base | ro, None)
+    _mount_fd(_target(root, dest, True), "tmpfs", "tmpfs", base, "mode=755")
+    # The tmpfs was made just now by us: nothing in it can be a symlink, so its
+    # subdirectories are reached through a descriptor of it, without secure_join.
+    tmpfs = _target(root, dest, True)
+    try:
+        for name, host in cgroup_binds:
+            os.mkdir(name, 0o755, dir_fd=tmpfs)
+            _mount_under(tmpfs, name, host, None, MS.BIND | MS.REC, None)
+            # a new descriptor: the bind is on top of the one the first one names
+            _mount_under(tmpfs, name, None, None, MS.BIND | MS.REMOUNT | base | ro, None)
+    finally:
+        os.close(tmpfs)
     if ro:
-        _mount_at(root, path, None, None, MS.REMOUNT | base | MS.RDONLY, "mode=755")
+        _mount_fd(_target(root, dest, True), None, None, MS.REMOUNT | base | MS.RDONLY,
+                  "mode=755")
+
+
+def _mount_under(dirfd: int, name: str, source: str | None, fstype: str | None, flags: int,
+                 data: str | None) -> None:
+    """mount(2) on ``name`` (one component, no symlink followed) inside ``dirfd``."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+    finally:
+        os.close(fd)
 
 
 def _create_device(root: str, dev: Mapping[str, Any], userns: bool) -> None:
@@ -263,12 +325,20 @@ def prepare(root: str, bundle: str, config: Mapping[str, Any], *, userns: bool,
     # requested kind) before touching anything.
     mount(None, "/", None, MS.SLAVE | MS.REC if prop & MS.SHARED else prop)
     mount(root, root, None, MS.BIND | MS.REC)
-    dev_is_tmpfs = False
-    for m in config.get("mounts") or []:
-        _do_mount(root, bundle, m, userns, cgroup_binds)
-        if m.get("destination") in ("/dev", "/dev/") and m.get("type") != "bind":
-            dev_is_tmpfs = True
-    _setup_dev(root, config, userns, dev_is_tmpfs)
+    global _root_fd
+    # opened after the bind above, so targets resolve through it
+    _root_fd = (root, os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    try:
+        dev_is_tmpfs = False
+        for m in config.get("mounts") or []:
+            _do_mount(root, bundle, m, userns, cgroup_binds)
+            if m.get("destination") in ("/dev", "/dev/") and m.get("type") != "bind":
+                dev_is_tmpfs = True
+        _setup_dev(root, config, userns, dev_is_tmpfs)
+    finally:
+        if _root_fd is not None:
+            os.close(_root_fd[1])
+            _root_fd = None
     if prop & MS.SHARED:
         mount(None, root, None, prop)
 

@@ -166,6 +166,7 @@ class ExecSupervisor(Loop):
             self._drop_sink(ex.sink)
         ex.master = -1
         self._write_exec()  # before the stream ends: the client reads the code next
+        unlink_quiet(self.sock_path)  # likewise: once it has ended, the exec is gone
         self.flush_until = time.monotonic() + FLUSH_CAP
         if ex.conn is not None:
             ex.conn.closing = True
