@@ -47,8 +47,44 @@ class Ketchd:
         else:
             e["DOCKER_HOST"] = self.url
         e.update(env or {})
-        return subprocess.run([DOCKER, *args], env=e, capture_output=True, text=True,
-                              timeout=30, check=False)
+        # in the daemon's network namespace, where its TCP listener and ports are
+        return subprocess.run(in_netns(self.root, [DOCKER, *args]), env=e,
+                              capture_output=True, text=True, timeout=30, check=False)
+
+
+# Network namespaces made for private ketchds (one per data root: a "host"), removed at
+# the end of the session. A ketchd never runs in the machine's own network namespace:
+# its bridges, veths and nft table stay in the throwaway one.
+_NETNS: dict[Path, str] = {}
+_NETNS_DIR = Path("/run/ketch-compat-netns")
+
+
+def host_netns(root: Path) -> str:
+    """The throwaway network namespace that plays the host for ketchds on ``root`` (kept
+    outside ``root``, so tests that look for leftovers under it see only ketchd's)."""
+    from ketch.sys import netns
+
+    path = _NETNS.get(root)
+    if path is None or not netns.is_netns(path):
+        _NETNS_DIR.mkdir(mode=0o700, exist_ok=True)
+        path = str(_NETNS_DIR / f"{os.getpid()}-{len(_NETNS)}")
+        netns.create(path)
+        _NETNS[root] = path
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_netns() -> Iterator[None]:
+    yield
+    from ketch.sys import netns
+
+    for path in _NETNS.values():
+        netns.delete(path)
+
+
+def in_netns(root: Path, argv: list[str]) -> list[str]:
+    """``argv`` run inside ``root``'s host namespace (nsenter execs: same pid)."""
+    return ["nsenter", f"--net={host_netns(root)}", "--", *argv]
 
 
 def start_ketchd(root: Path, *extra: str) -> Ketchd:
@@ -56,9 +92,9 @@ def start_ketchd(root: Path, *extra: str) -> Ketchd:
     log = open(root / "ketchd.log", "wb")  # noqa: SIM115 - lives as long as the process
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ketch.cmd.ketchd", "-H", f"unix://{sock}",
-         "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(pidfile), *extra],
+        in_netns(root, [sys.executable, "-m", "ketch.cmd.ketchd", "-H", f"unix://{sock}",
+                        "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                        "--pidfile", str(pidfile), *extra]),
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     deadline = started + 15

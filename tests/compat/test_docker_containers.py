@@ -450,12 +450,15 @@ def test_top_and_stats(ketchd_busybox: Ketchd) -> None:
 
 
 def _supervisor_of(cid: str) -> bool:
-    """Whether a supervisor process for container ``cid`` exists (its comm names it)."""
+    """Whether a supervisor process for container ``cid`` is alive (its comm names it; a
+    zombie waiting for init to reap it holds nothing and does not count)."""
     for pid in os.listdir("/proc"):
         try:
             if pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == \
                     f"ksup-{cid[:10]}":
-                return True
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    return True
         except OSError:
             continue
     return False

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.conftest import DOCKER, Ketchd, seed_busybox, start_ketchd, stop_ketchd
+from tests.compat.conftest import (
+    DOCKER,
+    Ketchd,
+    in_netns,
+    seed_busybox,
+    start_ketchd,
+    stop_ketchd,
+)
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -68,14 +75,15 @@ def test_tcp_requires_tls_with_client_certificates(tmp_path: Path) -> None:
         env["DOCKER_CONFIG"] = str(root / "cfg")
         base = [DOCKER, "-H", f"tcp://127.0.0.1:{port}", "--tlsverify", "--tlscacert",
                 str(tmp_path / "ca.pem")]
-        good = subprocess.run([*base, "--tlscert", str(tmp_path / "client.pem"), "--tlskey",
-                               str(tmp_path / "client-key.pem"), "version", "--format",
-                               "{{.Server.Version}}"], env=env, capture_output=True, text=True,
-                              timeout=30, check=False)
+        good = subprocess.run(
+            in_netns(root, [*base, "--tlscert", str(tmp_path / "client.pem"), "--tlskey",
+                            str(tmp_path / "client-key.pem"), "version", "--format",
+                            "{{.Server.Version}}"]),
+            env=env, capture_output=True, text=True, timeout=30, check=False)
         assert good.returncode == 0 and good.stdout.strip(), good.stderr
         # No client certificate: the TLS handshake is refused.
-        bad = subprocess.run([*base, "version"], env=env, capture_output=True, text=True,
-                             timeout=30, check=False)
+        bad = subprocess.run(in_netns(root, [*base, "version"]), env=env, capture_output=True,
+                             text=True, timeout=30, check=False)
         assert bad.returncode != 0
     finally:
         stop_ketchd(d.proc)
