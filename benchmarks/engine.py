@@ -370,6 +370,24 @@ def daemon_pss(eng: Engine) -> Figure:
                   note=" + ".join(f"{n} {kb / 1024:.1f}" for n, kb in parts))
 
 
+def quiesce(window: float = 0.5, idle: float = 0.9, limit: float = 15.0) -> None:
+    """Wait until the machine is idle (``idle`` of all CPU time over ``window`` s), at most
+    ``limit`` s: removing containers leaves the kernel work (network namespace teardown,
+    above all) to kworkers that would otherwise eat into whichever engine goes next."""
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return vals[3] + vals[4], sum(vals)  # idle + iowait, total
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        i0, t0 = ticks()
+        time.sleep(window)
+        i1, t1 = ticks()
+        if t1 > t0 and (i1 - i0) / (t1 - t0) >= idle:
+            return
+
+
 def time_runs(live: list[Engine], res: Results, runs: int) -> None:
     """(1): both ``run --rm`` variants, engines interleaved round-robin against drift."""
     variants = {"run": ["run", "--rm"], "run_none": ["run", "--rm", "--network", "none"]}
@@ -379,6 +397,7 @@ def time_runs(live: list[Engine], res: Results, runs: int) -> None:
                 fig = res[key][eng.name]
                 if fig.error:
                     continue
+                quiesce(window=0.2, limit=3)  # the previous run's teardown is not ours
                 try:
                     dt = eng.timed(*argv, eng.image, "true")
                 except Exception as e:
@@ -388,12 +407,11 @@ def time_runs(live: list[Engine], res: Results, runs: int) -> None:
                     fig.values.append(dt * 1000)
 
 
-def many(eng: Engine, res: Results, n: int, runs: int, weigh: bool = True) -> None:
-    """(2), (3), (5): start ``n`` detached containers, time ``ps``, weigh supervisors
-    (the last two only with ``weigh``)."""
-    start, ps, sup = res["start"][eng.name], res["ps"][eng.name], res["percont"][eng.name]
+def many(eng: Engine, res: Results, n: int) -> list[str]:
+    """(2): start ``n`` detached containers, one ``docker run -d`` after another; their ids."""
+    start = res["start"][eng.name]
     if start.error:
-        return
+        return []
     ids: list[str] = []
     try:
         t0 = time.perf_counter()
@@ -404,21 +422,45 @@ def many(eng: Engine, res: Results, n: int, runs: int, weigh: bool = True) -> No
             ids.append(p.stdout.decode().strip())
         start.values.append(time.perf_counter() - t0)
     except Exception as e:
-        start.error = ps.error = sup.error = str(e)
+        start.error = res["ps"][eng.name].error = res["percont"][eng.name].error = str(e)
+        return []
+    return ids
+
+
+def ps_interleaved(started: list[tuple[Engine, list[str]]], res: Results, runs: int) -> None:
+    """(3): ``docker ps`` with every engine's containers running at once, the engines taking
+    turns run by run, so drift in the machine's speed hits each the same."""
+    ready: list[Engine] = []
+    for eng, ids in started:
+        ps = res["ps"][eng.name]
+        try:
+            pids = [int(x) for x in eng.ok("inspect", "--format", "{{.State.Pid}}",
+                                           *ids).split()]
+            eng.inits = [(p, (stat(p) or (0, None))[1]) for p in pids]
+            running = eng.ok("ps", "-q").split()
+            if len(running) != len(ids):
+                raise BenchError(f"{len(running)} of {len(ids)} containers running")
+            for _ in range(WARMUPS):
+                eng.timed("ps")
+            ready.append(eng)
+        except Exception as e:
+            ps.error = str(e)
+    for _ in range(runs):
+        for eng in ready:
+            ps = res["ps"][eng.name]
+            if ps.error:
+                continue
+            try:
+                ps.values.append(eng.timed("ps") * 1000)
+            except Exception as e:
+                ps.error = str(e)
+
+
+def weigh(eng: Engine, res: Results) -> None:
+    """(5): the PSS of each container's supervisor (the parent of its init)."""
+    sup = res["percont"][eng.name]
+    if sup.error:
         return
-    if not weigh:
-        return
-    try:
-        pids = [int(x) for x in eng.ok("inspect", "--format", "{{.State.Pid}}", *ids).split()]
-        eng.inits = [(p, (stat(p) or (0, None))[1]) for p in pids]
-        running = eng.ok("ps", "-q").split()
-        if len(running) != n:
-            raise BenchError(f"{len(running)} of {n} containers running")
-        for _ in range(WARMUPS):
-            eng.timed("ps")
-        ps.values = [eng.timed("ps") * 1000 for _ in range(runs)]
-    except Exception as e:
-        ps.error = str(e)
     try:
         if not eng.inits or any(p <= 0 for p, _ in eng.inits):
             raise BenchError("inspect gave no container init pids")
@@ -645,13 +687,25 @@ def main(argv: list[str] | None = None) -> int:
         live = [e for e in engines if e.error is None]
         time_runs(live, res, args.runs)
         # (2) is one total per round: rounds interleave the engines against drift, and the
-        # cell is their median; the last round's containers serve (3) and (5).
+        # cell is their median; the last round's containers (every engine's at once) serve
+        # (3), measured in turns, and (5).
         for r in range(args.start_rounds):
             last = r == args.start_rounds - 1
+            started = []
             for eng in live:
-                many(eng, res, args.containers, args.runs, weigh=last)
-                if not args.keep or not last:
+                quiesce()
+                ids = many(eng, res, args.containers)
+                if last and ids:
+                    started.append((eng, ids))
+                else:
                     remove_containers(eng)
+            if last:
+                quiesce()
+                ps_interleaved(started, res, args.runs)
+                for eng, _ids in started:
+                    weigh(eng, res)
+                    if not args.keep:
+                        remove_containers(eng)
         report(res, engines, args)
     finally:
         if args.keep:
