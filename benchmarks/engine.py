@@ -653,8 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docker-bridge", action=argparse.BooleanOptionalAction, default=True,
                     help="dockerd keeps its default bridge (as installed dockerds do), inside "
                          "its own netns, iptables and forwarding off; --no-docker-bridge runs "
-                         "it with --bridge=none. ketch has no bridge yet: its default run has "
-                         "loopback only, so the --network none row is the like-for-like one")
+                         "it with --bridge=none. ketch runs its own default bridge (ketch0, "
+                         "with its nft rules) in its private netns likewise")
     ap.add_argument("--keep", action="store_true",
                     help="leave daemons, containers, namespaces and files (debugging)")
     args = ap.parse_args(argv)

@@ -73,13 +73,25 @@ def host_netns(root: Path) -> str:
     return path
 
 
+def _host_network_view() -> tuple[list[str], str, str]:
+    """The machine's own links, nft tables and ip_forward: what no test may change."""
+    links = sorted(p.name for p in Path("/sys/class/net").iterdir()) \
+        if Path("/sys/class/net").is_dir() else []
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                            check=False).stdout if shutil.which("nft") else ""
+    forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    return links, tables, forward
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_netns() -> Iterator[None]:
+    before = _host_network_view()
     yield
     from ketch.sys import netns
 
     for path in _NETNS.values():
         netns.delete(path)
+    assert _host_network_view() == before, "a test changed the host's own network namespace"
 
 
 def in_netns(root: Path, argv: list[str]) -> list[str]:

@@ -274,7 +274,6 @@ def test_namespaces(bundle: Path) -> None:
 
 
 @pytest.mark.parametrize(("hc", "msg"), [
-    ({"NetworkMode": "container:abc"}, "network mode container: not supported yet"),
     ({"PidMode": "container:abc"}, "invalid PidMode"),
     ({"IpcMode": "weird"}, "invalid IpcMode"),
     ({"NetworkMode": "host", "Sysctls": {"net.ipv4.ip_forward": "1"}}, "invalid Sysctls"),

@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                         "added with --add-runtime)")
     p.add_argument("--add-runtime", action="append", default=None, metavar="NAME=PATH",
                    help="register a runc-compatible runtime binary")
+    p.add_argument("-b", "--bridge", default=None,
+                   help="device of the default bridge network (default ketch0; made if missing)")
+    p.add_argument("--bip", default=None, metavar="CIDR",
+                   help="the default bridge's address, e.g. 172.30.0.1/16 (default: its "
+                        "current one, else a free pool)")
     p.add_argument("--live-restore", action="store_true", default=None,
                    help="keep containers running while the daemon is down")
     p.add_argument("--tlsverify", action="store_true", default=None,
@@ -74,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _CONFIG_KEYS = {"hosts", "data-root", "exec-root", "pidfile", "log-level", "group",
                 "default-runtime", "runtimes", "live-restore", "tlsverify", "tlscacert",
-                "tlscert", "tlskey", "log-driver", "log-opts"}
+                "tlscert", "tlskey", "log-driver", "log-opts", "bridge", "bip"}
 
 
 def _load_config(args: argparse.Namespace) -> dict[str, object]:
@@ -97,10 +102,10 @@ def _load_config(args: argparse.Namespace) -> dict[str, object]:
         if unknown:
             raise StartupError(f"config file {path}: unknown directive {unknown[0]!r}")
         conf = loaded
-    defaults = {"data_root": "/var/lib/ketch", "exec_root": "/run/ketch",
+    defaults = {"data_root": "/var/lib/ketch", "exec_root": "/run/ketch", "bridge": "ketch0",
                 "pidfile": "/run/ketchd.pid", "log_level": "info"}
     for key in ("data-root", "exec-root", "pidfile", "log-level", "group", "default-runtime",
-                "tlscacert", "tlscert", "tlskey"):
+                "tlscacert", "tlscert", "tlskey", "bridge", "bip"):
         attr = key.replace("-", "_")
         if getattr(args, attr) is None:
             setattr(args, attr, conf.get(key, defaults.get(attr)))
@@ -236,7 +241,8 @@ async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle 
             data_root=args.data_root, exec_root=args.exec_root,
             default_runtime=args.default_runtime or "ketch", runtimes=args.runtimes,
             live_restore=args.live_restore, debug=args.log_level == "debug",
-            log_driver=args.log_driver, log_opts=dict(args.log_opts)), zygote)
+            log_driver=args.log_driver, log_opts=dict(args.log_opts), bridge=args.bridge,
+            bip=args.bip), zygote)
         await engine.start()
         router = Router(all_routes(engine))
         http = HTTPServer(router, server_header=f"ketch/{ketch.__version__} (linux)")
@@ -298,7 +304,12 @@ def _preload() -> None:
                 "ketch.engine.volumes", "ketch.api.routers.containers",
                 "ketch.api.routers.images", "ketch.api.routers.volumes",
                 "ketch.api.routers.events", "ketch.api.routers.system",
-                "ketch.api.routers.archive", "ketch.engine.specconv"):
+                "ketch.api.routers.archive", "ketch.engine.specconv",
+                "ketch.engine.networks", "ketch.engine.containers.network",
+                "ketch.api.routers.networks", "ketch.network.firewall",
+                "ketch.network.resolver", "ketch.network.portmap", "ketch.network.drivers",
+                "ketch.network.ipam.local", "ketch.sys.netlink", "ketch.sys.netns",
+                "ketch.sys.nft"):
         try:
             importlib.import_module(mod)
         except ImportError:

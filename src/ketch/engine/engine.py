@@ -29,6 +29,10 @@ from ketch.image.store import ImageStore
 from ketch.snapshot import Snapshotter
 
 if TYPE_CHECKING:
+    import ipaddress
+    from collections.abc import Iterable
+
+    from ketch.engine.containers.network import NetContext
     from ketch.engine.supervisor import ZygoteHandle
 
 __all__ = ["Engine", "EngineConfig"]
@@ -47,6 +51,39 @@ class EngineConfig:
     debug: bool = False
     log_driver: str = "json-file"
     log_opts: dict[str, str] = field(default_factory=dict)
+    # the default bridge network's device and its address (dockerd's --bridge, --bip);
+    # networking=False: containers get network modes none, host and container: only
+    bridge: str = "ketch0"
+    bip: str | None = None
+    networking: bool = True
+
+
+def _host_networks() -> Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """What the host's addresses and routes already use (default pools avoid them)."""
+    from ketch.sys.netlink import Netlink
+
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    try:
+        with Netlink.open() as nl:
+            out += [a.interface.network for a in nl.addrs()]
+            out += [r.dst for r in nl.routes() if r.dst is not None and r.dst.prefixlen > 0]
+    except OSError as e:
+        log.warning("reading the host's routes: %s", e)
+    return out
+
+
+def _address_of(link: str) -> str | None:
+    """The first IPv4 address (with prefix) of ``link``, if it exists."""
+    from ketch.sys.netlink import Netlink
+
+    try:
+        with Netlink.open() as nl:
+            for a in nl.addrs(link):
+                if a.interface.version == 4:
+                    return str(a.interface)
+    except OSError:
+        pass
+    return None
 
 
 def _snapshotter(root: str) -> Snapshotter:
@@ -85,8 +122,32 @@ class Engine:
         # --- services (one line each; keep this block additive) ---
         self.images = ImageService(self.image_store, self.content, self.snapshotter, self.events)
         self.volumes = VolumeService(os.path.join(data, "volumes"), self.events)
+        self.net = self._networking() if config.networking else None
 
         self._containers(zygote)
+
+    def _networking(self) -> NetContext:
+        """Networks, IPAM, the firewall table and the port allocator (made real in
+        :meth:`start`). The nft table is ``ketch``, or ``ketch-<bridge>`` for a daemon
+        with another default bridge, so daemons side by side keep their own rules."""
+        from ketch.engine.containers.network import NetContext
+        from ketch.engine.networks import NetworkService
+        from ketch.network.drivers import builtin_drivers
+        from ketch.network.firewall import Firewall
+        from ketch.network.ipam.local import LocalIpam
+        from ketch.network.portmap import PortAllocator
+
+        cfg = self.config
+        net_dir = os.path.join(cfg.data_root, "network")
+        # As dockerd with docker0: a default bridge that exists keeps its address
+        # unless --bip says otherwise.
+        bip = cfg.bip or _address_of(cfg.bridge)
+        firewall = Firewall("ketch" if cfg.bridge == "ketch0" else f"ketch-{cfg.bridge}")
+        self.networks = NetworkService(
+            os.path.join(net_dir, "records"), self.events, builtin_drivers(firewall),
+            LocalIpam(os.path.join(net_dir, "ipam.json"), taken=_host_networks),
+            default_bridge=cfg.bridge, default_bip=bip)
+        return NetContext(self.networks, PortAllocator(), firewall)
 
     def _containers(self, zygote: ZygoteHandle | None) -> None:
         from ketch.engine.containers.exec import ExecService
@@ -97,7 +158,8 @@ class Engine:
             config=self.config,
             store=ContainerStore(os.path.join(self.config.data_root, "containers")),
             image_store=self.image_store, content=self.content, snapshotter=self.snapshotter,
-            events=self.events, volumes=getattr(self, "volumes", None), zygote=zygote)
+            events=self.events, volumes=getattr(self, "volumes", None), zygote=zygote,
+            net=self.net)
         self.execs = ExecService(self.containers)
         self.images.in_use = self.containers.in_use
         self.images.running = self.containers.running_with
@@ -121,12 +183,41 @@ class Engine:
                 "Volumes": self.volumes.usage(), "BuildCache": []}
 
     async def start(self) -> None:
-        """Reconnect to running containers and apply restart policies (daemon start)."""
+        """Networks up, then reconnect to running containers and apply restart policies
+        (daemon start); finally drop firewall entries no container or network owns."""
+        net = self.net
+        if net is not None:
+            import asyncio
+
+            from ketch.engine.containers.network import attach_names
+            from ketch.network.resolver import Resolver, host_upstreams
+
+            if net.firewall is not None:
+                await asyncio.to_thread(net.firewall.ensure)
+            await asyncio.to_thread(self.networks.start)
+            lookup, reverse = attach_names(self.containers)
+            net.resolver = Resolver(lookup, host_upstreams(), reverse=reverse)
+            net.loop = asyncio.get_running_loop()
         await self.containers.restore()
+        if net is not None and net.firewall is not None:
+            await asyncio.to_thread(self._flush_stale_rules)
+
+    def _flush_stale_rules(self) -> None:
+        from ketch.engine.containers.network import mapping_of
+
+        assert self.net is not None and self.net.firewall is not None
+        bridges = [r.facts.get("com.docker.network.bridge.name", "")
+                   for r in self.networks.records() if r.driver == "bridge"]
+        ports = [mapping_of(d) for c in self.containers.store.all() for d in c.ports]
+        stale = self.net.firewall.flush_stale([b for b in bridges if b], ports)
+        if stale.networks or stale.ports:
+            log.info("removed firewall rules nothing owns: %s", stale)
 
     async def shutdown(self) -> None:
         """Daemon stop: containers stop unless live-restore keeps them running."""
         await self.containers.shutdown()
+        if self.net is not None and self.net.resolver is not None:
+            self.net.resolver.close()
 
     def close(self) -> None:
         """Stop background work; running containers are left to their supervisors."""

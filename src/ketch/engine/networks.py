@@ -482,6 +482,11 @@ class NetworkService:
 
     # -- for container wiring ---------------------------------------------------------------
 
+    def records(self) -> builtins.list[NetworkRecord]:
+        """Every network's record."""
+        with self._mu:
+            return builtins.list(self._records.values())
+
     def lookup(self, ref: str) -> NetworkRecord:
         """The record of ``ref`` (id, name or unique id prefix); ``NotFound`` otherwise.
         ``record.spec()`` and ``drivers[record.driver]`` are what ``join`` needs."""

@@ -454,8 +454,7 @@ def _namespaces(hc: Mapping[str, Any], cgroup_v2: bool) -> list[str]:
     net = hc.get("NetworkMode") or ""
     if not isinstance(net, str):
         raise _bad("NetworkMode", f"must be a string, got {net!r}")
-    if net.startswith("container:"):
-        raise _bad("NetworkMode", "network mode container: not supported yet")
+    # container:<id> and bridge networks keep the namespace; the engine names its path
     if net == "host":
         ns.remove("network")
     if _mode(hc, "PidMode", ("", "host")) == "host":

@@ -34,5 +34,9 @@ def all_routes(engine: Engine) -> list[Route]:
     routes += ArchiveRouter(engine.containers, engine.images).routes()
     from ketch.api.routers.disk import DiskRouter
 
-    routes += DiskRouter(engine.disk_usage).routes()
+    routes += DiskRouter(engine.disk_usage, networks=engine.net is not None).routes()
+    if engine.net is not None:
+        from ketch.api.routers.networks import NetworksRouter
+
+        routes += NetworksRouter(engine.networks, engine.containers).routes()
     return routes

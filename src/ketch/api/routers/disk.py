@@ -1,9 +1,9 @@
 """``GET /system/df``: what images, containers and volumes take on disk.
 
 ``docker system prune`` is the client's sequence of per-area prunes: containers,
-images and volumes are served by their routers; networks (no user networks exist
-until bridge networking lands) and the build cache (no builder yet) answer here with
-nothing to delete.
+images, volumes and networks are served by their routers; the build cache (no
+builder yet) answers here with nothing to delete, and so do networks on a daemon
+without networking.
 """
 
 from __future__ import annotations
@@ -20,13 +20,18 @@ __all__ = ["DiskRouter"]
 
 
 class DiskRouter:
-    def __init__(self, disk_usage: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, disk_usage: Callable[[], dict[str, Any]], networks: bool = False
+                 ) -> None:
+        """``networks``: the daemon serves /networks itself (its router prunes)."""
         self.disk_usage = disk_usage
+        self.networks = networks
 
     def routes(self) -> list[Route]:
-        return [Route("GET", "/system/df", self.df),
-                Route("POST", "/networks/prune", self.networks_prune),
-                Route("POST", "/build/prune", self.build_prune)]
+        out = [Route("GET", "/system/df", self.df),
+               Route("POST", "/build/prune", self.build_prune)]
+        if not self.networks:
+            out.append(Route("POST", "/networks/prune", self.networks_prune))
+        return out
 
     async def df(self, request: Request) -> Response:
         return json_response(await asyncio.to_thread(self.disk_usage))

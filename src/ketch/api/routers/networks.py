@@ -79,11 +79,21 @@ def _verbose(request: Request) -> bool:
     raise InvalidArgument(f"invalid value for verbose: {value}")
 
 
-class NetworksRouter:
-    """Routes of the network endpoints over a :class:`NetworksBackend`."""
+class Attacher(Protocol):
+    """Who plugs containers into networks (``ketch.engine.containers.service``)."""
 
-    def __init__(self, backend: NetworksBackend) -> None:
+    async def connect_network(self, ref: str, body: Mapping[str, Any]) -> None: ...
+
+    async def disconnect_network(self, ref: str, body: Mapping[str, Any]) -> None: ...
+
+
+class NetworksRouter:
+    """Routes of the network endpoints over a :class:`NetworksBackend`; connect and
+    disconnect go to ``attacher`` when given (the backend's otherwise)."""
+
+    def __init__(self, backend: NetworksBackend, attacher: Attacher | None = None) -> None:
         self.backend = backend
+        self.attacher = attacher
 
     def routes(self) -> list[Route]:
         return [
@@ -120,10 +130,16 @@ class NetworksRouter:
 
     async def network_connect(self, request: Request) -> Response:
         body = _object_body(request)
-        await asyncio.to_thread(self.backend.connect, request.params["id"], body)
+        if self.attacher is not None:
+            await self.attacher.connect_network(request.params["id"], body)
+        else:
+            await asyncio.to_thread(self.backend.connect, request.params["id"], body)
         return Response(200)
 
     async def network_disconnect(self, request: Request) -> Response:
         body = _object_body(request)
-        await asyncio.to_thread(self.backend.disconnect, request.params["id"], body)
+        if self.attacher is not None:
+            await self.attacher.disconnect_network(request.params["id"], body)
+        else:
+            await asyncio.to_thread(self.backend.disconnect, request.params["id"], body)
         return Response(200)

@@ -34,8 +34,11 @@ async def create(svc: ContainerService, name: str | None, body: Any) -> dict[str
     image = await asyncio.to_thread(svc.image_store.get, image_ref)
     full_cfg = await asyncio.to_thread(svc.image_store.config, image)
     image_cfg: dict[str, Any] = dict(full_cfg.get("config") or {})
-    mode, warnings = createbody.network_mode(hc)
-    hc["NetworkMode"] = mode
+    from ketch.engine.containers import network
+
+    networking = dict(body.get("NetworkingConfig") or {})
+    warnings = network.plan(svc.net, hc, networking)
+    mode = hc["NetworkMode"]
     hc["RestartPolicy"] = createbody.restart_policy(hc)
     runtime = hc.get("Runtime") or svc.config.default_runtime
     svc.runtime_desc(runtime)  # unknown runtime: 400 now, not at start
@@ -57,7 +60,7 @@ async def create(svc: ContainerService, name: str | None, body: Any) -> dict[str
     c = Container(id=cid, name=cname, created=now_rfc3339(), image_id=image.id,
                   image_name=image_ref, config=cfg, host_config=hc, path=argv[0],
                   args=argv[1:], runtime=runtime,
-                  networking_config=dict(body.get("NetworkingConfig") or {}))
+                  networking_config=networking)
     if c.config.get("Hostname") == "" and mode != "host":
         c.config["Hostname"] = cid[:12]
     # Every HostConfig check specconv knows, before anything exists.

@@ -13,7 +13,7 @@ from typing import Any
 
 from ketch.errors import Conflict, InvalidArgument
 
-__all__ = ["check_body", "merge_image_config", "network_mode", "restart_policy"]
+__all__ = ["check_body", "merge_image_config", "restart_policy"]
 
 CONFIG_FIELDS = frozenset({
     "ArgsEscaped", "AttachStderr", "AttachStdin", "AttachStdout", "Cmd", "Domainname",
@@ -107,26 +107,6 @@ def restart_policy(hc: Mapping[str, Any]) -> dict[str, Any]:
         raise Conflict("can't create 'AutoRemove' container with restart policy")
     return {"Name": "" if name == "no" and not rp.get("Name") else name,
             "MaximumRetryCount": count}
-
-
-def network_mode(hc: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The network mode ketch runs with, and warnings.
-
-    Bridge networking is not there yet: ``default`` and ``bridge`` run with only a
-    loopback interface (like ``none``); an explicit ``bridge`` says so in the create
-    warnings.
-    """
-    mode = hc.get("NetworkMode") or "default"
-    if mode in ("none", "host"):
-        return mode, []
-    if mode == "default":
-        return "none", []
-    if mode == "bridge":
-        return "none", ["bridge networking is not available in ketch yet: the container "
-                        "runs with loopback only (network mode none)"]
-    if mode.startswith("container:"):
-        raise InvalidArgument("network mode container:<id> is not supported yet")
-    raise InvalidArgument(f"network {mode} not found")
 
 
 def _env_merge(image_env: list[str], env: list[str]) -> list[str]:

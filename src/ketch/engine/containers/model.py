@@ -111,13 +111,19 @@ class Container:
     hosts_path: str = ""
     resolv_conf_path: str = ""
     networking_config: dict[str, Any] = field(default_factory=dict)
+    # while started: the network namespace path (ours), endpoints by network name (see
+    # ketch.engine.containers.network), published ports
+    sandbox: str = ""
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ports: list[dict[str, Any]] = field(default_factory=list)
 
     # ---- persistence -------------------------------------------------------------
 
     _FIELDS = ("id", "name", "created", "image_id", "image_name", "config", "host_config",
                "path", "args", "runtime", "restart_count", "manually_stopped",
                "anonymous_volumes", "mounts", "log_path", "snapshot_key", "hostname_path",
-               "hosts_path", "resolv_conf_path", "networking_config")
+               "hosts_path", "resolv_conf_path", "networking_config", "sandbox", "endpoints",
+               "ports")
 
     def to_record(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self._FIELDS}
@@ -167,14 +173,17 @@ class Container:
         return " ".join([self.path, *self.args]) if self.path else ""
 
     def summary(self, size: tuple[int, int] | None = None) -> dict[str, Any]:
+        from ketch.engine.containers.network import networks_view, summary_ports
+
         out: dict[str, Any] = {
             "Id": self.id, "Names": [self.name], "Image": self.image_name,
             "ImageID": self.image_id, "Command": self.command_text(),
-            "Created": int(parse_rfc3339(self.created)), "Ports": [],
+            "Created": int(parse_rfc3339(self.created)), "Ports": summary_ports(self),
             "Labels": self.config.get("Labels") or {}, "State": self.state.status,
             "Status": self.status_text(),
-            "HostConfig": {"NetworkMode": self.host_config.get("NetworkMode") or "none"},
-            "NetworkSettings": {"Networks": {}}, "Mounts": list(self.mounts),
+            "HostConfig": {"NetworkMode": self.host_config.get("NetworkMode") or "bridge"},
+            "NetworkSettings": {"Networks": networks_view(self)},
+            "Mounts": list(self.mounts),
         }
         if size is not None:
             out["SizeRw"], out["SizeRootFs"] = size
@@ -182,6 +191,8 @@ class Container:
 
     def inspect(self, *, graph_driver: dict[str, Any] | None = None,
                 size: tuple[int, int] | None = None) -> dict[str, Any]:
+        from ketch.engine.containers.network import settings
+
         out: dict[str, Any] = {
             "Id": self.id, "Created": self.created, "Path": self.path, "Args": list(self.args),
             "State": self.state.to_json(), "Image": self.image_id,
@@ -192,14 +203,7 @@ class Container:
             "HostConfig": self.host_config,
             "GraphDriver": graph_driver or {"Name": "overlayfs", "Data": None},
             "Mounts": list(self.mounts), "Config": self.config,
-            "NetworkSettings": {
-                "Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
-                "HairpinMode": False, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
-                "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None,
-                "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "",
-                "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0,
-                "IPv6Gateway": "", "MacAddress": "", "Networks": {},
-            },
+            "NetworkSettings": settings(self, self.state.running),
         }
         if size is not None:
             out["SizeRw"], out["SizeRootFs"] = size

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from ketch.engine.containers import network
 from ketch.engine.containers.model import Container, now_rfc3339
 
 if TYPE_CHECKING:
@@ -132,6 +133,10 @@ async def restore(svc: ContainerService) -> None:
 
                     lv.health_task = asyncio.get_running_loop().create_task(
                         run_health(svc, c, lv))
+                try:
+                    await network.restore(svc, c)
+                except Exception as e:
+                    log.warning("container %s: restoring its network: %s", c.short_id, e)
                 log.info("container %s: re-attached to its supervisor", c.short_id)
                 continue
             ex = await asyncio.to_thread(sup.read_exit) or {
@@ -141,6 +146,10 @@ async def restore(svc: ContainerService) -> None:
             continue
         if c.state.status == "restarting":
             c.state.status = "exited"
+            svc.save(c)
+        if c.sandbox or c.ports or any(e.get("IPAddress") for e in c.endpoints.values()):
+            # a start cut short, or a stop the daemon did not see through
+            await asyncio.to_thread(network.release, svc, c)
             svc.save(c)
         policy = (c.host_config.get("RestartPolicy") or {}).get("Name")
         if policy in ("always", "unless-stopped") and not c.manually_stopped:

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ketch.engine.containers import create as create_mod
-from ketch.engine.containers import recovery, runtimes, setup
+from ketch.engine.containers import network, recovery, runtimes, setup
 from ketch.engine.containers.lifecycle import RestartBackoff, parse_signal, should_restart
 from ketch.engine.containers.model import Container, State, now_rfc3339, parse_rfc3339
 from ketch.engine.containers.store import ContainerStore
@@ -46,6 +46,7 @@ from ketch.errors import (
 
 if TYPE_CHECKING:
     from ketch.content import ContentStore
+    from ketch.engine.containers.network import NetContext
     from ketch.engine.engine import EngineConfig
     from ketch.engine.events import EventBus
     from ketch.engine.supervisor import SpawnResult, SupervisorClient, ZygoteHandle
@@ -86,8 +87,10 @@ class _Live:
 class ContainerService:
     def __init__(self, *, config: EngineConfig, store: ContainerStore, image_store: ImageStore,
                  content: ContentStore, snapshotter: Snapshotter, events: EventBus,
-                 volumes: VolumeService | None, zygote: ZygoteHandle | None) -> None:
+                 volumes: VolumeService | None, zygote: ZygoteHandle | None,
+                 net: NetContext | None = None) -> None:
         self.config = config
+        self.net = net
         self.store = store
         self.image_store = image_store
         self.content = content
@@ -175,6 +178,18 @@ class ContainerService:
                 log.warning("anonymous volumes of %s kept: %s", c.short_id, e)
 
     # ---- start -------------------------------------------------------------------
+
+    async def connect_network(self, ref: str, body: Mapping[str, Any]) -> None:
+        """``POST /networks/{id}/connect``."""
+        c = self.get(str(body.get("Container") or ""))
+        async with self.live(c.id).lock:
+            await network.connect(self, c, ref, body.get("EndpointConfig") or {})
+
+    async def disconnect_network(self, ref: str, body: Mapping[str, Any]) -> None:
+        """``POST /networks/{id}/disconnect``."""
+        c = self.get(str(body.get("Container") or ""))
+        async with self.live(c.id).lock:
+            await network.disconnect(self, c, ref, bool(body.get("Force")))
 
     async def start(self, ref: str) -> None:
         c = self.get(ref)
@@ -269,20 +284,38 @@ class ContainerService:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(bundle, stale))
         spawn = asyncio.ensure_future(self.zygote.aspawn(req))
+        # The network's kernel side (veths, ports, DNS) is made while the supervisor
+        # creates the container: the runtime only needs the namespace to exist.
+        plug = asyncio.ensure_future(network.plug(self, c)) if c.sandbox else None
         try:
-            return bundle, await asyncio.shield(spawn)
+            res = await asyncio.shield(spawn)
         except asyncio.CancelledError:
             # The zygote goes on regardless (a restart cancelled by `docker stop`, say):
             # undo what it makes, or its supervisor would wait for a start forever.
-            asyncio.get_running_loop().create_task(self._undo_spawn(c, bundle, spawn))
+            asyncio.get_running_loop().create_task(self._undo_spawn(c, bundle, spawn, plug))
             raise
+        except BaseException:
+            if plug is not None:  # let it land: the caller's unmount releases it all
+                await asyncio.gather(plug, return_exceptions=True)
+            raise
+        if plug is not None:
+            try:
+                await asyncio.shield(plug)
+            except BaseException:
+                asyncio.get_running_loop().create_task(self._undo_spawn(c, bundle, spawn, plug))
+                raise
+        return bundle, res
 
-    async def _undo_spawn(self, c: Container, bundle: str,
-                          spawn: asyncio.Future[SpawnResult]) -> None:
+    async def _undo_spawn(self, c: Container, bundle: str, spawn: asyncio.Future[SpawnResult],
+                          plug: asyncio.Future[None] | None = None) -> None:
+        if plug is not None:
+            await asyncio.gather(plug, return_exceptions=True)
         try:
             await spawn
         except Exception:
-            return  # nothing was made
+            if c.state.status not in ("running", "paused"):
+                await asyncio.to_thread(setup.unmount, self, c)
+            return  # nothing else was made
         from ketch.engine.supervisor import SupervisorClient
 
         rt = self.runtime(c.runtime)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ketch.engine.containers import runtimes
+from ketch.engine.containers import network, runtimes
 from ketch.engine.containers.model import Container
 from ketch.engine.specconv import Converted, sort_mounts, to_oci_spec
 from ketch.errors import FailedPrecondition, NotFound
@@ -24,6 +25,8 @@ from ketch.runtime.state import atomic_write
 
 if TYPE_CHECKING:
     from ketch.engine.containers.service import ContainerService
+
+log = logging.getLogger(__name__)
 
 __all__ = ["convert", "ensure_mounted", "prepare_start", "unmount"]
 
@@ -66,8 +69,15 @@ def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, A
         image_cfg = dict(svc.image_store.config(c.image_id).get("config") or {}) \
             if image_exists(svc, c.image_id) else {}
         write_etc(svc, c)
+        netns_path = network.prepare(svc, c)
+        if c.sandbox:  # its addresses: a restarted daemon must know to release them
+            svc.save(c, sync=False)
         conv = convert(svc, c, rootfs, image_cfg)
         spec = conv.spec
+        if netns_path is not None:
+            for ns in spec["linux"]["namespaces"]:
+                if ns["type"] == "network":
+                    ns["path"] = netns_path
         extra = volume_binds(svc, c, rootfs)
         if conv.init:
             init = next((p for p in map(shutil.which, _INIT_CANDIDATES) if p), None)
@@ -139,8 +149,14 @@ def write_etc(svc: ContainerService, c: Container) -> None:
 
 
 def unmount(svc: ContainerService, c: Container) -> None:
-    """Unmount the container's rootfs (every layer stacked there)."""
+    """After the container stopped (or failed to start): release its network (sandbox,
+    addresses, ports) and unmount its rootfs (every layer stacked there)."""
     from ketch.snapshot import unmount as umount
+
+    try:
+        network.release(svc, c)
+    except Exception as e:  # the rootfs still gets unmounted
+        log.warning("container %s: releasing its network: %s", c.short_id, e)
 
     rootfs = svc.rootfs_dir(c)
     while os.path.ismount(rootfs):
