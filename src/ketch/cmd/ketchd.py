@@ -298,18 +298,15 @@ def _preload() -> None:
 
     from ketch.engine.supervisor.zygote import PRELOAD
 
+    # Networking is not here: only the daemon runs it, so it is imported after the
+    # zygote's fork, its pages the daemon's alone rather than copies in both.
     for mod in (*PRELOAD, "ketch.api.routers", "ketch.api.http", "ketch.api.router",
                 "ketch.engine.engine", "ketch.engine.containers.service",
                 "ketch.engine.containers.create", "ketch.engine.images",
                 "ketch.engine.volumes", "ketch.api.routers.containers",
                 "ketch.api.routers.images", "ketch.api.routers.volumes",
                 "ketch.api.routers.events", "ketch.api.routers.system",
-                "ketch.api.routers.archive", "ketch.engine.specconv",
-                "ketch.engine.networks", "ketch.engine.containers.network",
-                "ketch.api.routers.networks", "ketch.network.firewall",
-                "ketch.network.resolver", "ketch.network.portmap", "ketch.network.drivers",
-                "ketch.network.ipam.local", "ketch.sys.netlink", "ketch.sys.netns",
-                "ketch.sys.nft"):
+                "ketch.api.routers.archive", "ketch.engine.specconv"):
         try:
             importlib.import_module(mod)
         except ImportError:

@@ -134,6 +134,8 @@ class NetworkRecord:
     ip_range: str | None = None
     pool_id: str | None = None
     facts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # the user gave the subnet (--subnet): only then may containers ask for an address
+    user_subnet: bool = False
 
     def spec(self) -> NetworkSpec:
         """The driver's view of this network."""
@@ -583,7 +585,8 @@ class NetworkService:
             subnet=str(pool.subnet) if pool else None,
             gateway=str(pool.gateway.ip) if pool else None,
             ip_range=str(pool.ip_range) if pool and pool.ip_range is not None else None,
-            pool_id=pool.id if pool else None)
+            pool_id=pool.id if pool else None,
+            user_subnet=bool(ipam_cfg and ipam_cfg.get("Subnet")))
         drv = self.drivers[driver]
         try:
             facts = drv.create_network(rec.spec())

@@ -93,6 +93,18 @@ def collect_orphans(svc: ContainerService) -> None:
                 path = os.path.join(cdir, entry)
                 if not os.path.ismount(os.path.join(path, "rootfs")):
                     shutil.rmtree(path, ignore_errors=True)
+    # Sandboxes of containers without a record (their addresses went with the IPAM's
+    # own state only if the record was saved: a create cut short never took one).
+    nsdir = os.path.join(svc.config.exec_root, "netns")
+    with contextlib.suppress(OSError):
+        from ketch.sys import netns
+
+        for entry in os.listdir(nsdir):
+            if entry not in known:
+                with contextlib.suppress(OSError):
+                    netns.delete(os.path.join(nsdir, entry))
+                log.info("removed the network namespace of unrecorded container %s",
+                         entry[:12])
     if svc.volumes is not None:
         for vol in svc.volumes.list().get("Volumes") or []:
             for holder in svc.volumes.users(vol["Name"]):

@@ -301,19 +301,27 @@ class ContainerService:
         if plug is not None:
             try:
                 await asyncio.shield(plug)
-            except BaseException:
+            except asyncio.CancelledError:
                 asyncio.get_running_loop().create_task(self._undo_spawn(c, bundle, spawn, plug))
+                raise
+            except BaseException:
+                # undone here, not in the background: the caller releases the network and
+                # may start again at once, which a late undo would tear down
+                await self._undo_spawn(c, bundle, spawn, unmount=False)
                 raise
         return bundle, res
 
     async def _undo_spawn(self, c: Container, bundle: str, spawn: asyncio.Future[SpawnResult],
-                          plug: asyncio.Future[None] | None = None) -> None:
+                          plug: asyncio.Future[None] | None = None, *,
+                          unmount: bool = True) -> None:
+        """Kill and delete what a spawn made; ``unmount``: also release the rootfs and
+        network (when nobody else will)."""
         if plug is not None:
             await asyncio.gather(plug, return_exceptions=True)
         try:
             await spawn
         except Exception:
-            if c.state.status not in ("running", "paused"):
+            if unmount and c.state.status not in ("running", "paused"):
                 await asyncio.to_thread(setup.unmount, self, c)
             return  # nothing else was made
         from ketch.engine.supervisor import SupervisorClient
@@ -327,7 +335,7 @@ class ContainerService:
             recovery.kill_supervisor(os.path.join(bundle, "sup.pid"))
         with contextlib.suppress(Exception):
             await asyncio.to_thread(rt.delete, c.id, force=True)
-        if c.state.status not in ("running", "paused"):
+        if unmount and c.state.status not in ("running", "paused"):
             await asyncio.to_thread(setup.unmount, self, c)
 
     # Speculative spawn: `docker run` creates, then (a request or two later) starts. The
