@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install check lint typecheck layers test test-unit test-root bench bench-engine fmt
+.PHONY: help install check lint typecheck layers test test-unit test-root bench bench-engine bench-network fmt
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,3 +38,6 @@ bench: ## side-by-side benchmarks (ketch vs runc vs crun)
 
 bench-engine: ## ketchd vs dockerd and podman, same docker CLI (needs --install-anchors once)
 	$(PY) benchmarks/engine.py
+
+bench-network: ## iperf3 throughput and bridge start cost, ketchd vs dockerd
+	$(PY) benchmarks/network.py
