@@ -327,3 +327,62 @@ def test_docker_py_networks(kd: Ketchd) -> None:
 def test_network_none_has_loopback_only(kd: Ketchd) -> None:
     out = _ok(kd.docker("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link"))
     assert "eth0" not in out and "lo" in out
+
+
+def test_udp_and_port_ranges(kd: Ketchd) -> None:
+    """A range of TCP ports answers; a UDP mapping is shown and programmed (busybox-static
+    has no UDP server: the firewall's root tests carry UDP traffic through it)."""
+    cid = _ok(kd.docker("run", "-d", "-p", "9053:53/udp", "-p", "9100-9101:100-101",
+                        "busybox", "sh", "-c",
+                        "httpd -f -p 100 -h /etc & httpd -f -p 101 -h /etc")).strip()
+    try:
+        ports = _ok(kd.docker("port", cid))
+        assert "53/udp -> 0.0.0.0:9053" in ports
+        assert "100/tcp -> 0.0.0.0:9100" in ports and "101/tcp -> 0.0.0.0:9101" in ports
+        for port in (9100, 9101):
+            assert _until(lambda p=port: cid[:12] in _host(
+                kd, "timeout", "3", BUSYBOX, "wget", "-qO-",
+                f"http://127.0.0.1:{p}/hostname").stdout), port
+        rules = _ok(_host(kd, "nft", "list", "map", "inet", "ketch", "dnat4_any"))
+        assert "udp . 9053" in rules
+    finally:
+        kd.docker("rm", "-f", cid)
+    assert "9053" not in _ok(_host(kd, "nft", "list", "map", "inet", "ketch", "dnat4_any"))
+
+
+def test_a_killed_daemon_leaves_nothing_after_restart(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGKILL with a published, networked container running (no live-restore): the
+    restarted daemon finds it exited and releases its sandbox, veth, address and port."""
+    import os
+    import signal as sig
+
+    root = tmp_path_factory.mktemp("ketchd-net-crash")
+    seed_busybox(root)
+    d = start_ketchd(root)
+    try:
+        _ok(d.docker("network", "create", "--subnet", "10.67.0.0/24", "crashnet"))
+        links_before = {x["ifname"] for x in json.loads(_ok(_host(d, "ip", "-j", "link")))}
+        cid = _ok(d.docker("run", "-d", "--network", "crashnet", "--ip", "10.67.0.7", "-p",
+                           "8097:80", "busybox", "sleep", "300")).strip()
+        init = json.loads(_ok(d.docker("inspect", cid)))[0]["State"]["Pid"]
+        os.kill(d.proc.pid, sig.SIGKILL)
+        d.proc.wait()
+        os.kill(init, sig.SIGKILL)  # the container dies while no daemon watches
+        d = start_ketchd(root)
+        assert _until(lambda: json.loads(_ok(d.docker("inspect", cid)))[0]["State"][
+            "Status"] == "exited", 10)
+        assert not list((root / "exec" / "netns").glob("*"))
+        assert _until(lambda: {x["ifname"] for x in json.loads(
+            _ok(_host(d, "ip", "-j", "link")))} == links_before, 10)
+        assert "8097" not in _ok(_host(d, "nft", "list", "table", "inet", "ketch"))
+        # the address and the port are free again
+        _ok(d.docker("run", "--rm", "--network", "crashnet", "--ip", "10.67.0.7", "-p",
+                     "8097:80", "busybox", "true"))
+    finally:
+        ids = d.docker("ps", "-aq").stdout.split()
+        if ids:
+            d.docker("rm", "-f", *ids)
+        d.docker("network", "rm", "crashnet")
+        stop_ketchd(d.proc)
+        shutil.rmtree(root, ignore_errors=True)
