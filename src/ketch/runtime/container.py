@@ -63,6 +63,25 @@ def _cgroup_manager(record: Mapping[str, Any]) -> Any:
     return new_manager(record.get("cgroupsPath"), record["id"])
 
 
+def _until_read(fd: int, timeout: float = 2.0) -> None:
+    """Wait until the init has taken the start byte out of the exec fifo (``fd``, our
+    write end): from then on its signals are the program's (see ``init._wait_for_start``),
+    so a signal sent right after ``start`` returns is not mistaken for one before it."""
+    import array
+    import fcntl
+    import termios
+
+    pending = array.array("i", [0])
+    deadline = time.monotonic() + timeout
+    delay = 0.0001
+    while True:
+        fcntl.ioctl(fd, termios.FIONREAD, pending, True)
+        if pending[0] == 0 or time.monotonic() > deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.005)
+
+
 def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
     """Wait until ``pid`` (with start time ``start``) has exited; False on timeout."""
     try:
@@ -328,6 +347,7 @@ class Runtime:
                 raise
             try:
                 os.write(fd, b"0")
+                _until_read(fd)
             finally:
                 os.close(fd)
             os.unlink(cd.fifo)
