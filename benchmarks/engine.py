@@ -62,7 +62,7 @@ ANCHOR_LITTER = ("/run/containerd", "/opt/containerd", "/run/docker", "/var/lib/
                  "/run/containers", "/run/libpod", "/var/lib/containers")
 SYSTEM_CONTAINERD = "/run/containerd/containerd.sock"
 # dockerd flags that keep it off host networking, each passed where the binary knows it
-DOCKERD_NET_FLAGS = ("--bridge=none", "--iptables=false", "--ip6tables=false",
+DOCKERD_NET_FLAGS: tuple[str, ...] = ("--bridge=none", "--iptables=false", "--ip6tables=false",
                      "--ip-forward=false", "--ip-masq=false", "--userland-proxy=false")
 
 

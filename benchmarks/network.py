@@ -152,32 +152,52 @@ def main(argv: list[str] | None = None) -> int:
                     eng.ok("import", "-", IMAGE, stdin=image)
                 except Exception as e:
                     eng.error = f"image import: {e}"
+        live = []
         for eng in engines:
-            row = rows.setdefault(eng.name, {})
             if eng.error is not None:
-                row["error"] = eng.error
-                continue
-            for key in ("to_host", "between"):
-                try:
-                    vals = []
-                    for _ in range(args.runs):
-                        eb.quiesce()
-                        vals.append(to_host(eng, iperf3, args.seconds) if key == "to_host"
-                                    else between(eng, args.seconds))
-                    row[key] = f"{statistics.median(vals):.2f}"
-                except Exception as e:
-                    row[key] = f"n/a ({e})"
-            for key, extra in (("run_none", ["--network", "none"]), ("run_bridge", [])):
-                try:
-                    for _ in range(eb.WARMUPS):
-                        eng.timed("run", "--rm", *extra, eng.image, "true")
-                    vals = []
-                    for _ in range(args.starts):
-                        eb.quiesce(window=0.2, limit=3)
-                        vals.append(eng.timed("run", "--rm", *extra, eng.image, "true") * 1000)
-                    row[key] = f"{statistics.median(vals):.0f}"
-                except Exception as e:
-                    row[key] = f"n/a ({e})"
+                rows.setdefault(eng.name, {})["error"] = eng.error
+            else:
+                live.append(eng)
+        # every figure's runs take turns between the engines, against drift
+        values: dict[tuple[str, str], list[float]] = {}
+        failed: dict[tuple[str, str], str] = {}
+
+        def sample(eng: eb.Engine, key: str) -> None:
+            if (eng.name, key) in failed:
+                return
+            try:
+                if key == "to_host":
+                    v = to_host(eng, iperf3, args.seconds)
+                elif key == "between":
+                    v = between(eng, args.seconds)
+                else:
+                    extra = ["--network", "none"] if key == "run_none" else []
+                    v = eng.timed("run", "--rm", *extra, eng.image, "true") * 1000
+                values.setdefault((eng.name, key), []).append(v)
+            except Exception as e:
+                failed[(eng.name, key)] = f"n/a ({e})"
+
+        for key in ("to_host", "between"):
+            for _ in range(args.runs):
+                for eng in live:
+                    eb.quiesce()
+                    sample(eng, key)
+        for key in ("run_none", "run_bridge"):
+            for eng in live:
+                for _ in range(eb.WARMUPS):
+                    eng.run("run", "--rm", *(["--network", "none"] if key == "run_none"
+                                              else []), eng.image, "true")
+            for _ in range(args.starts):
+                for eng in live:
+                    eb.quiesce(window=0.2, limit=3)
+                    sample(eng, key)
+        for eng in live:
+            row = rows.setdefault(eng.name, {})
+            for key in ("to_host", "between", "run_none", "run_bridge"):
+                vals = values.get((eng.name, key))
+                fmt = "{:.0f}" if key.startswith("run") else "{:.2f}"
+                row[key] = failed.get((eng.name, key)) or (
+                    fmt.format(statistics.median(vals)) if vals else "n/a")
         print(f"machine: {os.cpu_count()} cpus, kernel {os.uname().release}")
         print(f"iperf3 -t {args.seconds}, median of {args.runs}; run --rm median of "
               f"{args.starts}\n")
