@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# The conformance suites live outside test modules: have pytest rewrite their asserts
+# too, so a failing comparison shows both sides.
+pytest.register_assert_rewrite("tests.conformance")
+
 REPO = Path(__file__).resolve().parent.parent
 # ../shared/specs beside the checkout (as on developer machines and in CI)
 SPECS = Path(os.environ.get("KETCH_SPECS", REPO.parent / "shared" / "specs"))
