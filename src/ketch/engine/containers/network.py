@@ -200,9 +200,11 @@ def prepare(svc: ContainerService, c: Container) -> str | None:
 
     path = sandbox_path(svc, c)
     os.makedirs(os.path.dirname(path), 0o711, exist_ok=True)
+    if c.sandbox != path:  # recorded first: a daemon killed from here on knows to release
+        c.sandbox = path
+        svc.save(c, sync=False)
     if not netns.is_netns(path):
         netns.create(path)
-    c.sandbox = path
     try:
         endpoints: dict[str, dict[str, Any]] = {}
         for i, (ref, cfg) in enumerate(_wanted(c)):

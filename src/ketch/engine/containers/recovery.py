@@ -93,18 +93,19 @@ def collect_orphans(svc: ContainerService) -> None:
                 path = os.path.join(cdir, entry)
                 if not os.path.ismount(os.path.join(path, "rootfs")):
                     shutil.rmtree(path, ignore_errors=True)
-    # Sandboxes of containers without a record (their addresses went with the IPAM's
-    # own state only if the record was saved: a create cut short never took one).
+    # Sandboxes of containers that do not run (a create or start cut short, a stop the
+    # daemon did not see through); the records' endpoints are released by restore().
     nsdir = os.path.join(svc.config.exec_root, "netns")
     with contextlib.suppress(OSError):
         from ketch.sys import netns
 
+        live = {c.id for c in svc.store.all()
+                if c.state.status in ("running", "paused", "restarting")}
         for entry in os.listdir(nsdir):
-            if entry not in known:
+            if entry not in live:  # a stopped container's sandbox is made again at start
                 with contextlib.suppress(OSError):
                     netns.delete(os.path.join(nsdir, entry))
-                log.info("removed the network namespace of unrecorded container %s",
-                         entry[:12])
+                log.info("removed the network namespace left by container %s", entry[:12])
     if svc.volumes is not None:
         for vol in svc.volumes.list().get("Volumes") or []:
             for holder in svc.volumes.users(vol["Name"]):
