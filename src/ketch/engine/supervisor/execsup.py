@@ -118,21 +118,12 @@ class ExecSupervisor(Loop):
             if ex.exit_code is not None and not ex.done and not ex.hold and (
                     now >= ex.drain_until or not self.sources):
                 self._done()
-            for sink in list(self.sinks.values()):
-                if sink.eof and not sink.buf and not sink.tty:
-                    self._drop_sink(sink)
-            for c in list(self.conns.values()):
-                if c.closing and not c.out:
-                    self._close_conn(c)
+            self.tidy()
             if ex.done and (now >= self.flush_until or not any(c.out for c in
                                                                self.conns.values())):
                 break
             self.poll(self._timeout(now))
-        unlink_quiet(self.sock_path)
-        if self.listener is not None:
-            self.listener.close()
-        for c in list(self.conns.values()):
-            self._close_conn(c)
+        self.close_all(self.sock_path)
 
     def _timeout(self, now: float) -> float | None:
         ex = self.ex

@@ -20,7 +20,7 @@ import os
 import select
 from typing import Any
 
-from ketch.engine.supervisor.launch import accept_fd, close_quiet
+from ketch.engine.supervisor.launch import accept_fd, close_quiet, unlink_quiet
 from ketch.engine.supervisor.protocol import (
     STDERR,
     STDOUT,
@@ -113,6 +113,26 @@ class Loop:
     def reap(self) -> None:
         """A signal (SIGCHLD) woke the loop."""
         raise NotImplementedError
+
+    # ---- housekeeping (both supervisors, each turn of their loop and at the end) ----------
+
+    def tidy(self) -> None:
+        """Drop sinks whose source ended and whose bytes are written; close connections
+        that are done and have nothing left to send."""
+        for sink in list(self.sinks.values()):
+            if sink.eof and not sink.buf and not sink.tty:
+                self._drop_sink(sink)
+        for c in list(self.conns.values()):
+            if c.closing and not c.out:
+                self._close_conn(c)
+
+    def close_all(self, sock_path: str) -> None:
+        """The end: remove the socket path, stop listening, close every connection."""
+        unlink_quiet(sock_path)
+        if self.listener is not None:
+            self.listener.close()
+        for c in list(self.conns.values()):
+            self._close_conn(c)
 
     # ---- epoll ----------------------------------------------------------------------------
 

@@ -156,12 +156,7 @@ class Supervisor(Loop):
         if self.exit_status is not None and not self.finished and (
                 now >= self.drain_until or not any(ex is None for _, ex in self.sources.values())):
             self._finish()
-        for sink in list(self.sinks.values()):
-            if sink.eof and not sink.buf and not sink.tty:
-                self._drop_sink(sink)
-        for c in list(self.conns.values()):
-            if c.closing and not c.out:
-                self._close_conn(c)
+        self.tidy()
 
     # ---- reaping and the end ------------------------------------------------------------
 
@@ -213,11 +208,7 @@ class Supervisor(Loop):
                 c.closing = True
 
     def _shutdown(self) -> None:
-        unlink_quiet(os.path.join(self.dir, "sup.sock"))
-        if self.listener is not None:
-            self.listener.close()
-        for c in list(self.conns.values()):
-            self._close_conn(c)
+        self.close_all(os.path.join(self.dir, "sup.sock"))
 
     # ---- requests ---------------------------------------------------------------------------
 
