@@ -206,8 +206,7 @@ class Engine:
         from ketch.engine.containers.network import mapping_of
 
         assert self.net is not None and self.net.firewall is not None
-        bridges = [r.facts.get("com.docker.network.bridge.name", "")
-                   for r in self.networks.records() if r.driver == "bridge"]
+        bridges = [r.bridge for r in self.networks.records()]
         ports = [mapping_of(d) for c in self.containers.store.all() for d in c.ports]
         stale = self.net.firewall.flush_stale([b for b in bridges if b], ports)
         if stale.networks or stale.ports:

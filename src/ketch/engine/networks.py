@@ -63,7 +63,6 @@ from typing import Any
 from ketch.engine.events import EventBus, parse_time
 from ketch.errors import (
     Conflict,
-    FailedPrecondition,
     Forbidden,
     Internal,
     InvalidArgument,
@@ -71,7 +70,10 @@ from ketch.errors import (
     NotFound,
     NotImplementedYet,
 )
-from ketch.network.driver import EndpointSpec, NetworkDriver, NetworkSpec
+from ketch.network.driver import NetworkDriver, NetworkSpec
+from ketch.network.drivers.bridge import OPT_BRIDGE_NAME, OPT_DEFAULT_BRIDGE
+from ketch.network.drivers.host import HostDriver
+from ketch.network.drivers.null import NullDriver
 from ketch.network.ipam import IpamDriver, Pool
 from ketch.runtime.state import atomic_write
 
@@ -85,8 +87,8 @@ DEFAULT_NETWORK = "bridge"
 PREDEFINED: Mapping[str, str] = {"bridge": "bridge", "host": "host", "none": "null"}
 _RESERVED = frozenset({*PREDEFINED, "default"})  # dockerd's IsPredefined
 _SPECIAL_DRIVERS = frozenset({"host", "null"})  # no IPAM, one instance each
-BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
-DEFAULT_BRIDGE_OPTION = "com.docker.network.bridge.default_bridge"
+BRIDGE_NAME_OPTION = OPT_BRIDGE_NAME  # the bridge driver's names for these options
+DEFAULT_BRIDGE_OPTION = OPT_DEFAULT_BRIDGE
 STATE_VERSION = 1
 
 Filters = Mapping[str, Sequence[str]]
@@ -136,6 +138,11 @@ class NetworkRecord:
     facts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # the user gave the subnet (--subnet): only then may containers ask for an address
     user_subnet: bool = False
+
+    @property
+    def bridge(self) -> str:
+        """The Linux bridge a ``bridge``-driver network is on ("" for other drivers)."""
+        return self.facts.get(BRIDGE_NAME_OPTION, "") if self.driver == "bridge" else ""
 
     def spec(self) -> NetworkSpec:
         """The driver's view of this network."""
@@ -276,8 +283,8 @@ class NetworkService:
             raise InvalidArgument("network service: no 'bridge' driver given")
         self.state_dir = state_dir
         self.events = events
-        self.drivers: dict[str, NetworkDriver] = {"host": _NoDriver("host"),
-                                                  "null": _NoDriver("null"), **drivers}
+        self.drivers: dict[str, NetworkDriver] = {"host": HostDriver(),
+                                                  "null": NullDriver(), **drivers}
         self.ipam = ipam
         self.default_bridge = default_bridge
         self._bip: ipaddress.IPv4Interface | None = None
@@ -721,26 +728,3 @@ class NetworkService:
 
 def _by_name(records: Mapping[str, NetworkRecord], name: str) -> NetworkRecord | None:
     return next((r for r in records.values() if r.name == name), None)
-
-
-class _NoDriver:
-    """``host`` and ``null``: networks with nothing to make (see NetworkService)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def create_network(self, net: NetworkSpec) -> dict[str, str]:
-        return {}
-
-    def delete_network(self, net: NetworkSpec) -> None:
-        pass
-
-    def join(self, net: NetworkSpec, ep: EndpointSpec, sandbox: str) -> dict[str, str]:
-        raise FailedPrecondition(f"network driver {self.name}: nothing to join; the "
-                                 "container service handles it itself")
-
-    def leave(self, net: NetworkSpec, ep: EndpointSpec, sandbox: str | None) -> None:
-        pass
-
-    def restore(self, nets: Sequence[NetworkSpec]) -> None:
-        pass

@@ -199,20 +199,14 @@ def prepare(svc: ContainerService, c: Container) -> str | None:
     from ketch.sys import netns
 
     path = sandbox_path(svc, c)
-    os.makedirs(os.path.dirname(path), 0o711, exist_ok=True)
-    if c.sandbox != path:  # recorded first: a daemon killed from here on knows to release
-        c.sandbox = path
-        svc.save(c, sync=False)
-    if not netns.is_netns(path):
-        netns.create(path)
+    c.sandbox = path
+    c.endpoints = {}
     try:
-        endpoints: dict[str, dict[str, Any]] = {}
         for i, (ref, cfg) in enumerate(_wanted(c)):
             rec = net.networks.lookup(ref)
-            endpoints[rec.name] = _allocate(net, rec, cfg, c.endpoints.get(rec.name), i)
-        c.endpoints = endpoints
-        first = next(iter(endpoints.values()), None)
-        user = any(name != "bridge" for name in endpoints)
+            c.endpoints[rec.name] = _allocate(net, rec, cfg, i)
+        first = next(iter(c.endpoints.values()), None)
+        user = any(name != "bridge" for name in c.endpoints)
         hostname = c.config.get("Hostname") or c.id[:12]
         hosts, resolv = etc_files(
             c, hostname, [first["IPAddress"]] if first and first["IPAddress"] else [],
@@ -220,6 +214,12 @@ def prepare(svc: ContainerService, c: Container) -> str | None:
         d = svc.store.dir(c.id)
         atomic_write(os.path.join(d, "hosts"), hosts, 0o644, sync=False)
         atomic_write(os.path.join(d, "resolv.conf"), resolv, 0o644, sync=False)
+        # The sandbox and the addresses recorded before the namespace exists: a daemon
+        # killed from here on knows to release them.
+        svc.save(c, sync=False)
+        os.makedirs(os.path.dirname(path), 0o711, exist_ok=True)
+        if not netns.is_netns(path):
+            netns.create(path)
     except BaseException:
         release(svc, c)
         raise
@@ -227,7 +227,7 @@ def prepare(svc: ContainerService, c: Container) -> str | None:
 
 
 def _allocate(net: NetContext, rec: NetworkRecord, cfg: Mapping[str, Any],
-              old: Mapping[str, Any] | None, index: int) -> dict[str, Any]:
+              index: int) -> dict[str, Any]:
     """An endpoint record with its address taken from IPAM (the one asked for, else a
     free one)."""
     ipam_cfg = dict(cfg.get("IPAMConfig") or {})
@@ -310,7 +310,7 @@ def _publish(svc: ContainerService, c: Container) -> None:
     if rec.driver != "bridge":
         raise InvalidArgument(f"network {rec.name}: ports can be published on bridge "
                               "networks only")
-    bridge = rec.facts.get("com.docker.network.bridge.name") or ""
+    bridge = rec.bridge
     maps = net.ports.allocate_all(bindings, ep["IPAddress"], bridge)
     done: list[PortMapping] = []
     try:
@@ -456,7 +456,7 @@ async def connect(svc: ContainerService, c: Container, ref: str,
     cfgs[rec.name] = dict(cfg)
     if c.state.status in ("running", "paused") and c.sandbox:
         def join() -> None:
-            c.endpoints[rec.name] = _allocate(net, rec, cfg, None, len(c.endpoints))
+            c.endpoints[rec.name] = _allocate(net, rec, cfg, len(c.endpoints))
             try:
                 _join_all(svc, c)
             except BaseException:

@@ -69,9 +69,7 @@ def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, A
         image_cfg = dict(svc.image_store.config(c.image_id).get("config") or {}) \
             if image_exists(svc, c.image_id) else {}
         write_etc(svc, c)
-        netns_path = network.prepare(svc, c)
-        if c.sandbox:  # its addresses: a restarted daemon must know to release them
-            svc.save(c, sync=False)
+        netns_path = network.prepare(svc, c)  # records the sandbox and its addresses
         conv = convert(svc, c, rootfs, image_cfg)
         spec = conv.spec
         if netns_path is not None:

@@ -9,31 +9,13 @@ endpoint that is the daemon's own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from ketch.network.driver import EndpointSpec, NetworkSpec
+from ketch.network.drivers.null import NullDriver
 
 __all__ = ["HostDriver"]
 
 
-class HostDriver:
-    """``host``: every call is a no-op."""
+class HostDriver(NullDriver):
+    """``host``: networks and endpoints that exist only in the engine's records; every
+    call succeeds and changes nothing (as ``null``'s)."""
 
     name = "host"
-
-    def create_network(self, net: NetworkSpec) -> dict[str, str]:
-        """Nothing to make; no facts."""
-        return {}
-
-    def delete_network(self, net: NetworkSpec) -> None:
-        """Nothing to remove."""
-
-    def join(self, net: NetworkSpec, ep: EndpointSpec, sandbox: str) -> dict[str, str]:
-        """The container uses the host's interfaces as they are; no facts."""
-        return {}
-
-    def leave(self, net: NetworkSpec, ep: EndpointSpec, sandbox: str | None) -> None:
-        """Nothing to undo."""
-
-    def restore(self, nets: Sequence[NetworkSpec]) -> None:
-        """Nothing can have been lost."""
