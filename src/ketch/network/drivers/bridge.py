@@ -58,9 +58,7 @@ from ketch.sys.netlink.wire import (
     attr_str,
     attr_u8,
     attr_u32,
-    get_str,
     nested,
-    parse_attrs,
 )
 
 __all__ = [
@@ -94,7 +92,6 @@ _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _HEX7_RE = re.compile(r"[0-9a-f]{7}")
 
 # rtnetlink numbers the adapter has no call for (<linux/if_link.h>)
-IFLA_IFALIAS = 20
 IFLA_INFO_SLAVE_DATA = 5
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_BRPORT_ISOLATED = 33
@@ -204,33 +201,7 @@ def _ep_alias(net: NetworkSpec, ep: EndpointSpec) -> str:
     return f"{_EP_ALIAS}{net.id}:{ep.id}"
 
 
-# --- what the netlink adapter has no call for: aliases and bridge-port flags ----------------
-
-def _with_alias(payload: bytes) -> tuple[Link, str]:
-    """An RTM_NEWLINK payload as a Link and its IFLA_IFALIAS ("" if none), which
-    ``Netlink.link``/``links`` do not decode."""
-    a = parse_attrs(IfInfoMsg.unpack(payload)[1])
-    return msgs.decode_link(payload), get_str(a[IFLA_IFALIAS]) if IFLA_IFALIAS in a else ""
-
-
-def _link_and_alias(nl: Netlink, name: str) -> tuple[Link, str] | None:
-    """The link ``name`` with its alias, or None if there is no such link."""
-    try:
-        replies = nl.request(RTM.GETLINK, msgs.getlink_request(name=name),
-                             f"netlink RTM_GETLINK({name})")
-    except OSError as e:
-        if e.errno == errno.ENODEV:
-            return None
-        raise
-    found = [_with_alias(r.payload) for r in replies if r.type == RTM.NEWLINK]
-    return found[0] if found else None
-
-
-def _all_links(nl: Netlink) -> list[tuple[Link, str]]:
-    """Every link with its alias."""
-    replies = nl.dump(RTM.GETLINK, msgs.getlink_request(), "netlink RTM_GETLINK(dump)")
-    return [_with_alias(r.payload) for r in replies if r.type == RTM.NEWLINK]
-
+# --- what the netlink adapter has no call for: setting aliases and bridge-port flags ----------
 
 def _change_link(nl: Netlink, link: str, index: int, *, alias: str | None = None,
                  master: int | None = None, up: bool | None = None,
@@ -248,7 +219,7 @@ def _change_link(nl: Netlink, link: str, index: int, *, alias: str | None = None
                         change=msgs.IFF_UP if up is not None else 0).pack()
     parts = []
     if alias is not None:
-        payload += attr(IFLA_IFALIAS, alias.encode())
+        payload += attr(IFLA.IFALIAS, alias.encode())
         parts.append(f"alias {alias}")
     if master is not None:
         payload += attr_u32(IFLA.MASTER, master)
@@ -321,8 +292,8 @@ class BridgeDriver:
             fw = self._firewall
             self._in_host(lambda: fw.remove_network(opts.bridge))
         with Netlink.open(self._netns) as nl:
-            found = _link_and_alias(nl, opts.bridge)
-            if found is not None and found[1] == _NET_ALIAS + net.id:
+            found = nl.link(opts.bridge)
+            if found is not None and found.alias == _NET_ALIAS + net.id:
                 _delete(nl, opts.bridge)
 
     def restore(self, nets: Sequence[NetworkSpec]) -> None:
@@ -346,8 +317,8 @@ class BridgeDriver:
         prefix = f"{_EP_ALIAS}{net.id}:"
         with Netlink.open(self._netns) as nl:
             bridge = nl.index(opts.bridge)
-            for link, alias in _all_links(nl):
-                if alias.startswith(prefix) and link.kind == "veth" and link.master == 0:
+            for link in nl.links():
+                if link.alias.startswith(prefix) and link.kind == "veth" and link.master == 0:
                     log.info("network %s: %s back on bridge %s", net.name, link.name,
                              opts.bridge)
                     _change_link(nl, link.name, link.index, master=bridge, up=True)
@@ -357,8 +328,8 @@ class BridgeDriver:
     def _ensure_bridge(self, nl: Netlink, net: NetworkSpec, opts: BridgeOptions,
                        gw: ipaddress.IPv4Interface, undo: ExitStack) -> None:
         name = opts.bridge
-        found = _link_and_alias(nl, name)
-        if found is None:
+        link = nl.link(name)
+        if link is None:
             try:
                 nl.add_bridge(name, mtu=opts.mtu)
             except OSError as e:
@@ -374,8 +345,7 @@ class BridgeDriver:
             nl.set_link(name, mac=mac_for(gw.ip), up=True)
             log.info("bridge %s created for network %s (%s)", name, net.name, gw)
             return
-        link, alias = found
-        ours = alias == _NET_ALIAS + net.id
+        ours = link.alias == _NET_ALIAS + net.id
         if link.kind != "bridge":
             raise Conflict(f"network {net.name}: a {link.kind or 'non-bridge'} link named "
                            f"{name} exists already")
@@ -458,12 +428,12 @@ class BridgeDriver:
         endpoint's; a veth of that name that is someone else's is left alone."""
         veth = host_ifname(ep.id)
         with Netlink.open(self._netns) as nl:
-            found = _link_and_alias(nl, veth)
+            found = nl.link(veth)
             if found is None:
                 return
-            if found[1] != _ep_alias(net, ep):
+            if found.alias != _ep_alias(net, ep):
                 log.warning("leave %s: %s belongs to something else (alias %r), not deleted",
-                            ep.id[:12], veth, found[1])
+                            ep.id[:12], veth, found.alias)
                 return
             _delete(nl, veth)
 
@@ -488,11 +458,10 @@ class BridgeDriver:
         """The sandbox interface's MAC if ``ep`` is completely joined already; None if it
         is not joined (a half-made join of a daemon that died is removed here).
         ``Conflict`` if the veth name belongs to something else."""
-        found = _link_and_alias(nl, veth)
-        if found is None:
+        link = nl.link(veth)
+        if link is None:
             return None
-        link, alias = found
-        if alias != _ep_alias(net, ep):
+        if link.alias != _ep_alias(net, ep):
             raise Conflict(f"interface {veth} exists and is not endpoint {ep.id[:12]}'s")
         peer = snl.link(ep.ifname)
         if (peer is not None and peer.index == link.link and link.master == bridge.index

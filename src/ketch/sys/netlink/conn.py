@@ -238,22 +238,17 @@ class Netlink:
     def link(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
         _check_name(name)
-        try:
-            msgs = self.request(RTM.GETLINK, m.getlink_request(name=name),
-                                f"netlink RTM_GETLINK({name})")
-        except OSError as e:
-            if e.errno == errno.ENODEV:
-                return None
-            raise
-        found = [m.decode_link(x.payload) for x in msgs if x.type == RTM.NEWLINK]
-        return found[0] if found else None
+        return self._get_link(m.getlink_request(name=name), f"netlink RTM_GETLINK({name})")
 
     def link_by_index(self, index: int) -> Link | None:
         """The link with ifindex ``index``, or None."""
         _check_u32(index, "ifindex")
+        return self._get_link(m.getlink_request(index=index),
+                              f"netlink RTM_GETLINK(index {index})")
+
+    def _get_link(self, request: bytes, call: str) -> Link | None:
         try:
-            msgs = self.request(RTM.GETLINK, m.getlink_request(index=index),
-                                f"netlink RTM_GETLINK(index {index})")
+            msgs = self.request(RTM.GETLINK, request, call)
         except OSError as e:
             if e.errno == errno.ENODEV:
                 return None

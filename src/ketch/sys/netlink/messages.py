@@ -100,6 +100,7 @@ class Link:
     bond) the link is enslaved to, 0 if none. ``link`` is IFLA_LINK: for a veth the
     peer's ifindex, in the namespace that ``link_netnsid`` (a netns id local to
     this namespace) names, or in this namespace when ``link_netnsid`` is None.
+    ``alias`` is the interface's alias (IFLA_IFALIAS), "" if none.
     """
 
     index: int
@@ -113,6 +114,7 @@ class Link:
     operstate: str = "UNKNOWN"
     link: int = 0
     link_netnsid: int | None = None
+    alias: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,7 @@ def decode_link(payload: bytes) -> Link:
         operstate=_OPERSTATES[oper] if oper < len(_OPERSTATES) else str(oper),
         link=get_u32(a[IFLA.LINK]) if IFLA.LINK in a else 0,
         link_netnsid=get_s32(a[IFLA.LINK_NETNSID]) if IFLA.LINK_NETNSID in a else None,
+        alias=get_str(a[IFLA.IFALIAS]) if IFLA.IFALIAS in a else "",
     )
 
 

@@ -142,6 +142,7 @@ class IFLA:
     OPERSTATE = 16
     LINKINFO = 18
     NET_NS_PID = 19
+    IFALIAS = 20
     NET_NS_FD = 28
     EXT_MASK = 29
     LINK_NETNSID = 37
