@@ -62,7 +62,7 @@ ANCHOR_LITTER = ("/run/containerd", "/opt/containerd", "/run/docker", "/var/lib/
                  "/run/containers", "/run/libpod", "/var/lib/containers")
 SYSTEM_CONTAINERD = "/run/containerd/containerd.sock"
 # dockerd flags that keep it off host networking, each passed where the binary knows it
-DOCKERD_NET_FLAGS: tuple[str, ...] = ("--bridge=none", "--iptables=false", "--ip6tables=false",
+DOCKERD_NET_FLAGS = ("--bridge=none", "--iptables=false", "--ip6tables=false",
                      "--ip-forward=false", "--ip-masq=false", "--userland-proxy=false")
 
 
@@ -265,14 +265,17 @@ def spawn(eng: Engine, argv: list[str]) -> None:
         time.sleep(0.05)
 
 
-def start_docker(eng: Engine, bridge: bool) -> None:
+def start_docker(eng: Engine, bridge: bool,
+                 net_flags: tuple[str, ...] = DOCKERD_NET_FLAGS) -> None:
+    """``net_flags``: the networking flags dockerd gets, each where the binary knows it
+    (by default all of DOCKERD_NET_FLAGS: no iptables, forwarding, masquerade)."""
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise BenchError("dockerd not installed (run with --install-anchors)")
     if os.path.exists(SYSTEM_CONTAINERD):  # dockerd would use it, shims outside our netns
         raise BenchError(f"{SYSTEM_CONTAINERD} exists; refusing to share a system containerd")
     helptext = subprocess.run([dockerd, "--help"], capture_output=True, text=True).stdout
-    net = [f for f in DOCKERD_NET_FLAGS if f.split("=")[0] + " " in helptext
+    net = [f for f in net_flags if f.split("=")[0] + " " in helptext
            and not (bridge and f == "--bridge=none")]
     w = eng.work
     # the trust key would otherwise go to /etc/docker/key.json
@@ -320,7 +323,8 @@ def start_podman(eng: Engine) -> None:
     eng.version = eng.ok("version", "--format", "{{.Client.Version}}")
 
 
-def setup(name: str, work: Path, tarball: bytes, bridge: bool) -> Engine:
+def setup(name: str, work: Path, tarball: bytes, bridge: bool,
+          docker_net_flags: tuple[str, ...] = DOCKERD_NET_FLAGS) -> Engine:
     """Start one engine in its own netns and import busybox; errors land in ``.error``."""
     w = work / name
     w.mkdir()
@@ -330,7 +334,7 @@ def setup(name: str, work: Path, tarball: bytes, bridge: bool) -> Engine:
     try:
         eng.netns = NetNs(f"ketchbench-{os.getpid()}-{name}")
         if name == "docker":
-            start_docker(eng, bridge)
+            start_docker(eng, bridge, docker_net_flags)
         else:
             (start_ketch if name == "ketch" else start_podman)(eng)
     except Exception as e:  # any failure is this column's n/a, never the script's end

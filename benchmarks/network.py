@@ -131,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.install_anchors:
         eb.ensure_anchors()
     iperf3 = ensure_iperf3(args.install_anchors)
-    # dockerd as installed: iptables (NAT, conntrack) on, in its private namespace, as
-    # ketchd has its nft table in its own; no userland proxy (no ports are published)
-    eb.DOCKERD_NET_FLAGS = ("--userland-proxy=false",)
     work = Path(tempfile.mkdtemp(prefix="ketch-netbench-"))
     engines: list[eb.Engine] = []
     rows: dict[str, dict[str, str]] = {}
@@ -145,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                                  capture_output=True).stdout
         image = image_tar(iperf3, work)
         for name in ("ketch", "docker"):
-            eng = eb.setup(name, work, busybox, True)
+            # dockerd as installed: iptables (NAT, conntrack) on, in its private
+            # namespace, as ketchd has its nft table in its own; no userland proxy (no
+            # ports are published)
+            eng = eb.setup(name, work, busybox, True, ("--userland-proxy=false",))
             engines.append(eng)
             if eng.error is None:
                 try:
