@@ -8,9 +8,9 @@ import json
 import pytest
 
 from ketch import errors
-from ketch.api.http import Headers, Request, Response
 from ketch.api.httpstatus import error_response, status_for
 from ketch.api.router import Route, Router
+from ketch.httpserver import Headers, Request, Response
 
 
 @pytest.mark.parametrize("cls,status", [

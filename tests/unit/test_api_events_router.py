@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from ketch.api.http import HTTPServer
 from ketch.api.router import Router
 from ketch.api.routers.events import EventsRouter
 from ketch.engine.events import Event, EventBus
+from ketch.httpserver import HTTPServer
 
 
 class CountingBus(EventBus):

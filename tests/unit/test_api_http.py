@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from ketch.api.http import (
+from ketch.httpserver import (
     BadRequest,
     HTTPServer,
     Limits,

@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 import pytest
 
-from ketch.api.http import Headers, Request
 from ketch.api.router import Router
 from ketch.api.routers.networks import NetworksBackend, NetworksRouter
 from ketch.engine.events import EventBus
 from ketch.engine.networks import Endpoint, NetworkService
+from ketch.httpserver import Headers, Request
 from ketch.network.ipam.local import LocalIpam
 from tests.unit.test_engine_networks import FakeDriver
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from ketch.api import version
-from ketch.api.http import Headers, Request, Response
 from ketch.api.router import Route, Router
 from ketch.api.routers.system import SystemRouter
 from ketch.errors import InvalidArgument
+from ketch.httpserver import Headers, Request, Response
 
 
 def _req(method: str, target: str) -> Request:

@@ -1,6 +1,6 @@
 """ketch.client: stream decoders, and RemoteEngineClient against a tiny in-process engine.
 
-The engine here is ketch.api.http.HTTPServer on a private unix socket with a few
+The engine here is ketch.httpserver.HTTPServer on a private unix socket with a few
 handlers, run on an asyncio loop in a thread; the client is the real one.
 """
 
@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from ketch import errors
-from ketch.api.http import HTTPServer, Request, Response, upgrade_response
 from ketch.client import STDERR, STDOUT, ConnectionFailed, RemoteEngineClient
 from ketch.client.streams import (
     Demuxer,
@@ -31,6 +30,7 @@ from ketch.client.streams import (
     json_stream,
 )
 from ketch.client.transport import parse_host
+from ketch.httpserver import HTTPServer, Request, Response, upgrade_response
 
 # -- multiplexed stdout/stderr --------------------------------------------------------
 

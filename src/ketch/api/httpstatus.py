@@ -12,7 +12,7 @@ import json
 import logging
 
 from ketch import errors
-from ketch.api.http import Response
+from ketch.httpserver import Response
 
 __all__ = ["error_response", "json_response", "status_for"]
 

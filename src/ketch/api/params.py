@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ketch.api.http import Request
 from ketch.errors import InvalidArgument
+from ketch.httpserver import Request
 
 __all__ = ["bool_arg", "int_arg", "json_body"]
 

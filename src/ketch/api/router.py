@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ketch.api import version
-from ketch.api.http import Handler, Request, Response
 from ketch.api.httpstatus import error_response, json_response
+from ketch.httpserver import Handler, Request, Response
 
 __all__ = ["Route", "Router"]
 

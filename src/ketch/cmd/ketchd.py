@@ -216,10 +216,10 @@ def _write_pidfile(path: str) -> None:
 
 
 async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle | None) -> None:
-    from ketch.api.http import HTTPServer
     from ketch.api.router import Router
     from ketch.api.routers import all_routes
     from ketch.engine.engine import Engine, EngineConfig
+    from ketch.httpserver import HTTPServer
 
     paths, tcp = _listeners(args.host or [DEFAULT_HOST], args)
     tls = _tls_context(args) if tcp else None
@@ -300,7 +300,7 @@ def _preload() -> None:
 
     # Networking is not here: only the daemon runs it, so it is imported after the
     # zygote's fork, its pages the daemon's alone rather than copies in both.
-    for mod in (*PRELOAD, "ketch.api.routers", "ketch.api.http", "ketch.api.router",
+    for mod in (*PRELOAD, "ketch.api.routers", "ketch.httpserver", "ketch.api.router",
                 "ketch.engine.engine", "ketch.engine.containers.service",
                 "ketch.engine.containers.create", "ketch.engine.images",
                 "ketch.engine.volumes", "ketch.api.routers.containers",

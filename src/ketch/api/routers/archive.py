@@ -16,12 +16,12 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from ketch.api.http import Request, Response
 from ketch.api.httpstatus import json_response
 from ketch.api.params import bool_arg, json_body
 from ketch.api.router import Route
 from ketch.engine.containers import ops
 from ketch.errors import InvalidArgument
+from ketch.httpserver import Request, Response
 
 if TYPE_CHECKING:
     from ketch.engine.archive import FsView

@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ketch.api.filters import parse_filters
-from ketch.api.http import Request, Response, upgrade_response
 from ketch.api.httpstatus import json_response
 from ketch.api.params import bool_arg, int_arg, json_body
 from ketch.api.router import Route
 from ketch.engine.containers import ops, query, streams
 from ketch.engine.events import parse_time
 from ketch.errors import Conflict, InvalidArgument
+from ketch.httpserver import Request, Response, upgrade_response
 
 if TYPE_CHECKING:
     from ketch.engine.containers.exec import ExecService

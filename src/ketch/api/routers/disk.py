@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ketch.api.http import Request, Response
 from ketch.api.httpstatus import json_response
 from ketch.api.router import Route
+from ketch.httpserver import Request, Response
 
 __all__ = ["DiskRouter"]
 

@@ -14,10 +14,10 @@ import time
 from collections.abc import AsyncIterator
 
 from ketch.api.filters import parse_filters
-from ketch.api.http import Request, Response
 from ketch.api.router import Route
 from ketch.engine.events import FILTER_KEYS, EventSource, EventStream, parse_time, stream
 from ketch.errors import InvalidArgument
+from ketch.httpserver import Request, Response
 
 __all__ = ["EventsRouter"]
 

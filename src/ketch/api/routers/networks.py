@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ketch.api.filters import parse_filters
-from ketch.api.http import Request, Response
 from ketch.api.httpstatus import json_response
 from ketch.api.params import json_body
 from ketch.api.router import Route
 from ketch.errors import InvalidArgument
+from ketch.httpserver import Request, Response
 
 __all__ = ["LIST_FILTERS", "PRUNE_FILTERS", "NetworksBackend", "NetworksRouter"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ketch.api import version
-from ketch.api.http import Request, Response
 from ketch.api.httpstatus import json_response
 from ketch.api.router import Route
+from ketch.httpserver import Request, Response
 
 __all__ = ["SystemBackend", "SystemRouter"]
 

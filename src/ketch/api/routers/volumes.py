@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 from ketch.api import version
 from ketch.api.filters import parse_filters
-from ketch.api.http import Request, Response
 from ketch.api.httpstatus import json_response
 from ketch.api.router import Route
 from ketch.errors import InvalidArgument, NotImplementedYet
+from ketch.httpserver import Request, Response
 
 __all__ = ["VolumesBackend", "VolumesRouter", "query_bool"]
 

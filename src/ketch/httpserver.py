@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 server on asyncio, shaped for the Docker Engine API.
+"""A lean HTTP/1.1 server on asyncio, for the Docker Engine API and ketch's other servers.
 
 Why our own: the Engine API needs connection hijacking (attach/exec answer
 ``101 UPGRADED`` with ``Connection: Upgrade`` / ``Upgrade: tcp`` and then speak a
