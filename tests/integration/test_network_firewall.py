@@ -497,6 +497,25 @@ def test_nft_errors_and_namespace(lab: Lab) -> None:
         "family": "inet", "name": "only-h"}}}]}) == {}
 
 
+def test_unloaded_library_comes_back_at_the_next_call(lab: Lab) -> None:
+    from ketch.sys import nft as nftmod
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as f:
+            return "libnftables" in f.read()
+
+    nft = Nft()
+    lab.h(nft.run, "add table inet reload")
+    assert mapped()
+    assert nftmod.unload_library() is True
+    assert not mapped()
+    assert nftmod.unload_library() is False
+    # the same object loads it again, and the table made before is still there
+    assert "reload" in lab.h(nft.run, "list tables")
+    assert mapped()
+    lab.h(nft.run, "delete table inet reload")
+
+
 def test_missing_library_is_a_failed_precondition() -> None:
     with pytest.raises(FailedPrecondition, match="libnftables1"):
         Nft(library="libnftables-does-not-exist.so.9")

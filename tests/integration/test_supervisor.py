@@ -472,23 +472,38 @@ def _spares(zygote: ZygoteHandle, wait: float = 5) -> list[int]:
         time.sleep(0.01)
 
 
-def test_spare_becomes_the_supervisor_and_a_killed_spare_is_replaced(box: Box) -> None:
-    spares = _spares(box.zygote)
-    assert len(spares) == 1  # one forked ahead of need, waiting
-    res, client = box.spawn(box.request(["/bin/sleep", "1000"]))
-    assert res.supervisor_pid == spares[0]  # it took the request
-    after = _spares(box.zygote)
-    assert len(after) == 1 and after != spares  # and the next one is waiting
-    os.kill(after[0], signal.SIGKILL)
-    assert _gone(after[0], 5)
-    # no spare to hand to: the zygote forks for the request, and a new spare follows
-    req2 = box.request(["/bin/sleep", "1000"])
-    res2, client2 = box.spawn(req2)
-    client2.start()
-    assert client2.state()["status"] == "running"
-    assert res2.supervisor_pid != after[0]
-    assert len(_spares(box.zygote)) == 1
-    assert client.state()["status"] == "created"
+def test_spares_serve_bursts_and_retire_when_idle(tmp_path: Path) -> None:
+    z = start_zygote(spare_idle=0.5)
+    box = Box(tmp_path, z)
+    try:
+        assert _spares(z, wait=0.3) == []  # none before the first request
+        _res, client = box.spawn(box.request(["/bin/sleep", "1000"]))
+        spares = _spares(z)
+        assert len(spares) == 1  # forked after the reply, for the next of a burst
+        res2, _ = box.spawn(box.request(["/bin/sleep", "1000"]))
+        assert res2.supervisor_pid == spares[0]  # it took the request
+        after = _spares(z)
+        assert len(after) == 1 and after != spares  # and the next one is waiting
+        os.kill(after[0], signal.SIGKILL)
+        assert _gone(after[0], 5)
+        # no spare to hand to: the zygote forks for the request, and a new spare follows
+        req3 = box.request(["/bin/sleep", "1000"])
+        res3, client3 = box.spawn(req3)
+        client3.start()
+        assert client3.state()["status"] == "running"
+        assert res3.supervisor_pid != after[0]
+        last = _spares(z)
+        assert len(last) == 1
+        # left waiting past spare_idle, it is retired; a request still gets a supervisor
+        assert _gone(last[0], 5)
+        assert _spares(z, wait=0.3) == []
+        res4, client4 = box.spawn(box.request(["/bin/sleep", "1000"]))
+        assert res4.supervisor_pid not in (*spares, *after, *last)
+        assert client4.state()["status"] == "created"
+        assert client.state()["status"] == "created"
+    finally:
+        box.cleanup()
+        z.close()
 
 
 def test_create_failure_leaves_nothing(box: Box) -> None:

@@ -25,6 +25,7 @@ import ketch
 
 if TYPE_CHECKING:
     from ketch.engine.supervisor import ZygoteHandle
+    from ketch.httpserver import Handler, Request, Response
 
 __all__ = ["main"]
 
@@ -192,6 +193,40 @@ def _clear_stale_socket(path: str) -> None:
     raise StartupError(f"another daemon is listening on {path}")
 
 
+class _TrimWhenIdle:
+    """Wraps the API handler: once no request has come for ``delay`` seconds, the garbage
+    of the last burst is collected and the heap's free pages go back to the kernel, so an
+    idle daemon's footprint is what it holds, not what a past request (an image import, a
+    big inspect) left behind. Streams a handler returned (logs, events) are not waited for:
+    trimming under them is harmless."""
+
+    def __init__(self, handler: Handler, delay: float = 1.0) -> None:
+        self.handler = handler
+        self.delay = delay
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __call__(self, request: Request) -> Response:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            return await self.handler(request)
+        finally:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._trim)
+
+    def _trim(self) -> None:
+        import gc
+
+        from ketch.sys.libc import malloc_trim
+
+        self._timer = None
+        nft = sys.modules.get("ketch.sys.nft")
+        if nft is not None:
+            nft.unload_library()
+        gc.collect()
+        malloc_trim()
+
+
 def _write_pidfile(path: str) -> None:
     try:
         with open(path) as f:
@@ -245,7 +280,7 @@ async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle 
             bip=args.bip), zygote)
         await engine.start()
         router = Router(all_routes(engine))
-        http = HTTPServer(router, server_header=f"ketch/{ketch.__version__} (linux)")
+        http = HTTPServer(_TrimWhenIdle(router), server_header=f"ketch/{ketch.__version__} (linux)")
         for path in paths:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             _clear_stale_socket(path)
@@ -291,26 +326,16 @@ async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle 
 
 
 def _preload() -> None:
-    """Import what the daemon and the zygote will run (no threads start on import), then
-    freeze the collector's view of it so neither process dirties those pages later."""
+    """Import what the zygote will run and fill its caches (no threads start on import),
+    then freeze the collector's view of it, so that neither process dirties those pages
+    later. Only that: the daemon's own modules are imported after the zygote's fork. In
+    Python 3.11 every object the daemon touches has its page copied by the refcount
+    write, so a module the zygote inherited but never runs would cost its pages twice."""
     import gc
-    import importlib
 
-    from ketch.engine.supervisor.zygote import PRELOAD
+    from ketch.engine.supervisor.zygote import preload
 
-    # Networking is not here: only the daemon runs it, so it is imported after the
-    # zygote's fork, its pages the daemon's alone rather than copies in both.
-    for mod in (*PRELOAD, "ketch.api.routers", "ketch.httpserver", "ketch.api.router",
-                "ketch.engine.engine", "ketch.engine.containers.service",
-                "ketch.engine.containers.create", "ketch.engine.images",
-                "ketch.engine.volumes", "ketch.api.routers.containers",
-                "ketch.api.routers.images", "ketch.api.routers.volumes",
-                "ketch.api.routers.events", "ketch.api.routers.system",
-                "ketch.api.routers.archive", "ketch.engine.specconv"):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
+    preload()
     gc.collect()
     gc.freeze()
 

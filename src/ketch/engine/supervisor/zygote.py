@@ -11,8 +11,11 @@ and then serves spawn requests on a SOCK_SEQPACKET pair::
 A *spare* is a child forked ahead of need: it has called setsid and waits on a
 socketpair for one request. Handing a request to it instead of forking then takes
 a fork (≈2 ms of a Python process's page tables and copy-on-write faults) off every
-container start and exec; the next spare is forked right after the reply. If the
-spare is gone (killed), the zygote forks one for the request as before.
+container start and exec of a burst: the next spare is forked right after each
+reply. Spares serve bursts, so an idle zygote keeps none: there is none before the
+first request, and one left waiting ``spare_idle`` seconds is retired (it sees EOF
+and exits), giving back the ≈1.2 MiB its copy-on-write pages cost. Without a spare
+(idle, or killed) the zygote forks for the request itself.
 
 The supervisor reports on the *report pipe* whose read end the zygote passes back
 to ketchd: first ``{"supervisor_pid": n}``, then ``{"supervisor_pid": n,
@@ -46,11 +49,12 @@ from ketch.engine.supervisor.protocol import (
 from ketch.errors import InvalidArgument, Unavailable
 from ketch.runtime.oci_runtime import OCIRuntime
 
-__all__ = ["SPAWN_TIMEOUT", "ZygoteHandle", "make_runtime", "start_zygote"]
+__all__ = ["SPAWN_TIMEOUT", "ZygoteHandle", "make_runtime", "preload", "start_zygote"]
 
 log = logging.getLogger(__name__)
 
 SPAWN_TIMEOUT = 120.0  # a create that takes longer than this is hung (hooks included)
+SPARE_IDLE = 5.0  # seconds a spare waits for a request before the zygote retires it
 _MAX_MSG = 1 << 20
 
 # What a supervisor and the runtime it drives import; loaded once, shared by all.
@@ -182,8 +186,9 @@ class ZygoteHandle:
         self.close()
 
 
-def start_zygote() -> ZygoteHandle:
-    """Fork the zygote from this process; call it before starting threads."""
+def start_zygote(spare_idle: float = SPARE_IDLE) -> ZygoteHandle:
+    """Fork the zygote from this process; call it before starting threads.
+    ``spare_idle``: how long a spare waits for a request before it is retired."""
     if threading.active_count() > 1:
         log.warning("starting the supervisor zygote with %d threads running; fork is only "
                     "safe before threads start", threading.active_count())
@@ -192,12 +197,12 @@ def start_zygote() -> ZygoteHandle:
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _zygote_main(theirs, parent)
+        _zygote_main(theirs, parent, spare_idle)
     theirs.close()
     return ZygoteHandle(pid, ours)
 
 
-def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
+def _zygote_main(sock: socket.socket, parent: int, spare_idle: float) -> NoReturn:
     code = 0
     try:
         from ketch.sys.prctl import set_name, set_pdeathsig
@@ -216,20 +221,14 @@ def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
                 except OSError:
                     pass
         import gc
-        import importlib
 
-        for mod in PRELOAD:
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                pass
-        _warm_caches()
+        preload()  # nothing to do when the parent called it before forking us
         gc.collect()
         gc.freeze()
         from ketch.sys.libc import malloc_trim
 
         malloc_trim()
-        _serve(sock)
+        _serve(sock, spare_idle)
     except BaseException:
         import traceback
 
@@ -237,6 +236,21 @@ def _zygote_main(sock: socket.socket, parent: int) -> NoReturn:
         code = 1
     finally:
         os._exit(code)
+
+
+def preload() -> None:
+    """Import what supervisors and the runtime run, and fill the caches each container
+    create would otherwise fill again (see :func:`_warm_caches`). The zygote does it at
+    start; a parent that calls it before :func:`start_zygote` shares the result with the
+    zygote's pages instead of each holding its own. Cheap the second time."""
+    import importlib
+
+    for mod in PRELOAD:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    _warm_caches()
 
 
 def _warm_caches() -> None:
@@ -257,10 +271,16 @@ def _warm_caches() -> None:
         pass
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, spare_idle: float) -> None:
+    import select
+
     signal.signal(signal.SIGCHLD, _reap)
-    spare = _fork_spare(sock)
+    spare: socket.socket | None = None
     while True:
+        if spare is not None and not select.select([sock], [], [], spare_idle)[0]:
+            spare.close()  # idle: retire it (it sees EOF and exits)
+            spare = None
+            continue
         try:
             data, _anc, flags, _addr = sock.recvmsg(_MAX_MSG)
         except InterruptedError:
