@@ -78,6 +78,7 @@ __all__ = [
     "release",
     "restore",
     "sandbox_path",
+    "sandboxed",
     "settings",
     "summary_ports",
 ]
@@ -105,6 +106,12 @@ def mode_of(c: Container) -> str:
 
 def _sandboxed(mode: str) -> bool:
     return mode not in ("host", "none") and not mode.startswith("container:")
+
+
+def sandboxed(c: Container) -> bool:
+    """Whether the container gets a network namespace of its own (bridge and user
+    networks), whose /etc/hosts and resolv.conf :func:`prepare` writes."""
+    return _sandboxed(mode_of(c))
 
 
 def sandbox_path(svc: ContainerService, c: Container) -> str:

@@ -2,18 +2,22 @@
 
 ``prepare_start`` mounts the container's snapshot at ``<bundle>/rootfs``, binds its
 volumes (copying image content into empty ones), writes the hostname/hosts/
-resolv.conf files it bind-mounts and the bundle's ``config.json``. ``unmount``
+resolv.conf files it bind-mounts and the bundle's ``config.json``; the network's
+part (a namespace, addresses, hosts and resolv.conf) is made meanwhile on another
+thread. ``unmount``
 undoes the rootfs mount after the container exited (volumes stay held until the
 container is removed, as in Docker).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -57,20 +61,26 @@ def convert(svc: ContainerService, c: Container, rootfs: str, image_cfg: Mapping
 
 
 def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, Any]]:
-    """Mount the rootfs and volumes, write the bundle; returns (bundle, OCI spec)."""
+    """Mount the rootfs and volumes, write the bundle; returns (bundle, OCI spec).
+
+    The network's part (:func:`network.prepare`: addresses, /etc files, and a new
+    network namespace, which takes the kernel milliseconds to make) runs on another
+    thread meanwhile; it touches the container's network fields alone."""
     from ketch.snapshot import mount_all
 
     bundle = svc.bundle_dir(c)
     rootfs = svc.rootfs_dir(c)
-    os.makedirs(rootfs, 0o711, exist_ok=True)
-    if not os.path.ismount(rootfs):
-        mount_all(svc.snapshotter.mounts(c.snapshot_key), rootfs)
+    etc_paths(svc, c)  # before the network's thread saves the record
+    net = _prep_pool().submit(network.prepare, svc, c)
     try:
+        os.makedirs(rootfs, 0o711, exist_ok=True)
+        if not os.path.ismount(rootfs):
+            mount_all(svc.snapshotter.mounts(c.snapshot_key), rootfs)
         image_cfg = dict(svc.image_store.config(c.image_id).get("config") or {}) \
             if image_exists(svc, c.image_id) else {}
-        write_etc(svc, c)
-        netns_path = network.prepare(svc, c)  # records the sandbox and its addresses
+        write_etc(svc, c, network_files=not network.sandboxed(c))
         conv = convert(svc, c, rootfs, image_cfg)
+        netns_path = net.result()  # records the sandbox and its addresses
         spec = conv.spec
         if netns_path is not None:
             for ns in spec["linux"]["namespaces"]:
@@ -91,9 +101,22 @@ def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, A
         atomic_write(os.path.join(bundle, "config.json"), json.dumps(spec).encode(), 0o600,
                      sync=False)
     except BaseException:
+        concurrent.futures.wait([net])  # landed (or failed and undone itself) first
         unmount(svc, c)
         raise
     return bundle, spec
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _prep_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="ketch-prep")
+        return _POOL
 
 
 def image_exists(svc: ContainerService, image_id: str) -> bool:
@@ -119,10 +142,23 @@ def volume_binds(svc: ContainerService, c: Container, rootfs: str) -> list[dict[
     return out
 
 
-def write_etc(svc: ContainerService, c: Container) -> None:
+def etc_paths(svc: ContainerService, c: Container) -> None:
+    """Where the container's hostname, hosts and resolv.conf files live."""
     d = svc.store.dir(c.id)
+    c.hostname_path = os.path.join(d, "hostname")
+    c.hosts_path = os.path.join(d, "hosts")
+    c.resolv_conf_path = os.path.join(d, "resolv.conf")
+
+
+def write_etc(svc: ContainerService, c: Container, *, network_files: bool = True) -> None:
+    """Write the hostname file and, with ``network_files`` (the modes without a sandbox
+    of their own, whose network part does not write them), hosts and resolv.conf."""
+    etc_paths(svc, c)
     host_net = c.host_config.get("NetworkMode") == "host"
     hostname = os.uname().nodename if host_net else (c.config.get("Hostname") or c.id[:12])
+    atomic_write(c.hostname_path, hostname.encode() + b"\n", 0o644, sync=False)
+    if not network_files:
+        return
     try:
         with open("/etc/resolv.conf", "rb") as f:
             resolv = f.read()
@@ -138,12 +174,8 @@ def write_etc(svc: ContainerService, c: Container) -> None:
         hosts = (b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  b"fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
                  b"ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
-    for name, data in (("hostname", hostname.encode() + b"\n"), ("hosts", hosts),
-                       ("resolv.conf", resolv)):
-        atomic_write(os.path.join(d, name), data, 0o644, sync=False)
-    c.hostname_path = os.path.join(d, "hostname")
-    c.hosts_path = os.path.join(d, "hosts")
-    c.resolv_conf_path = os.path.join(d, "resolv.conf")
+    atomic_write(c.hosts_path, hosts, 0o644, sync=False)
+    atomic_write(c.resolv_conf_path, resolv, 0o644, sync=False)
 
 
 def unmount(svc: ContainerService, c: Container) -> None:
