@@ -170,15 +170,14 @@ def test_malformed_load_is_refused(ketchd: Ketchd, bb: str, tmp_path: Path) -> N
 
 
 def test_search_and_pull_without_a_registry(ketchd: Ketchd, bb: str) -> None:
+    # the daemon's network namespace has no way out: no registry answers
     r = ketchd.docker("search", "busybox")
     assert r.returncode == 0 and r.stdout.split() == ["NAME", "DESCRIPTION", "STARS",
                                                       "OFFICIAL"]
-    out = ok(ketchd.docker("pull", "busybox"))
-    assert "Status: Image is up to date for busybox:latest" in out
     r = ketchd.docker("pull", "someone/unknown:1")
     assert r.returncode != 0
-    assert "pull access denied for someone/unknown: registry access is not available yet" \
-        in r.stderr
+    assert "registry-1.docker.io" in r.stderr, r.stderr  # names what it could not reach
+    assert ok(ketchd.docker("images", "-q", "someone/unknown")) == ""
 
 
 def _docker_py() -> Any:

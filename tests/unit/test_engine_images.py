@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import tarfile
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from ketch.content.local import LocalContentStore
 from ketch.engine.events import EventBus
 from ketch.engine.images import DANGLING_REPO, ImageService
-from ketch.errors import Conflict, InvalidArgument, NotFound
+from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound
 from ketch.image.bootstrap import bootstrap_busybox
 from ketch.image.store import ImageStore
 from ketch.image.unpack import chain_ids
@@ -310,14 +311,14 @@ def test_save_load_round_trip_and_messages(env: Env, tmp_path: Path) -> None:
         env.svc.save(["ghost"], io.BytesIO())
 
 
-def test_pull_is_local_only(env: Env) -> None:
-    assert env.svc.pull("docker.io/library/busybox", "latest") == [
-        {"status": "Pulling from library/busybox", "id": "latest"},
-        {"status": f"Digest: {env.busybox.target.digest}"},
-        {"status": "Status: Image is up to date for busybox:latest"}]
-    with pytest.raises(NotFound, match=r"^pull access denied for someone/thing: registry "
-                                       r"access is not available yet$"):
-        env.svc.pull("someone/thing", "1.0")
+def test_pull_from_a_registry_that_does_not_answer(env: Env) -> None:
+    with socket.socket() as s:  # a loopback port with no one listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(KetchError) as e:
+        env.svc.pull(f"127.0.0.1:{port}/someone/thing", "1.0")
+    assert f"127.0.0.1:{port}" in str(e.value)
+    assert [i["RepoTags"] for i in env.svc.list()] == [["busybox:latest"]]  # no half image
 
 
 def test_usage(env: Env) -> None:

@@ -265,7 +265,7 @@ class ContainerAPI(Protocol):
 
 
 class ImageAPI(Protocol):
-    """Images (``/images/...``). Nothing here talks to a registry."""
+    """Images (``/images/...``); pull, push and login go to a registry through the daemon."""
 
     def image_list(self, *, all: bool = False, digests: bool = False,
                    filters: Filters | None = None) -> list[dict[str, Any]]:
@@ -310,6 +310,26 @@ class ImageAPI(Protocol):
     def image_prune(self, *, filters: Filters | None = None) -> dict[str, Any]:
         """Remove unused images (dangling only unless ``{"dangling": ["false"]}``);
         ``{"ImagesDeleted": [...], "SpaceReclaimed": n}``."""
+        ...
+
+    def image_pull(self, image: str, *, tag: str | None = None, platform: str | None = None,
+                   auth: str = "") -> Stream[dict[str, Any]]:
+        """Pull ``image`` (``tag`` may be a digest) from its registry; Docker's progress
+        messages as they come. ``auth`` is the ``X-Registry-Auth`` value ("" anonymous).
+        An error before any progress is raised at once (NotFound, Unauthorized...); one
+        in the stream is raised when it arrives."""
+        ...
+
+    def image_push(self, image: str, *, tag: str | None = None,
+                   auth: str = "") -> Stream[dict[str, Any]]:
+        """Push ``image`` (every tag of the repository when neither it nor ``tag`` names
+        one); progress messages as for ``image_pull``."""
+        ...
+
+    def registry_login(self, username: str, password: str, server: str = ""
+                       ) -> dict[str, Any]:
+        """Check credentials against a registry through the daemon;
+        ``{"Status": "Login Succeeded", "IdentityToken": ...}``, Unauthorized if wrong."""
         ...
 
 

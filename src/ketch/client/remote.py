@@ -362,6 +362,25 @@ class RemoteEngineClient:
             "changes": list(changes) or None}, body=tar, headers=_TAR)
         return self._progress(resp)
 
+    def image_pull(self, image: str, *, tag: str | None = None, platform: str | None = None,
+                   auth: str = "") -> Stream[dict[str, Any]]:
+        resp = self.api.open("POST", "/images/create", query={
+            "fromImage": image, "tag": tag, "platform": platform},
+            headers={"X-Registry-Auth": auth} if auth else None)
+        return self._progress(resp)
+
+    def image_push(self, image: str, *, tag: str | None = None,
+                   auth: str = "") -> Stream[dict[str, Any]]:
+        resp = self.api.open("POST", _i(image) + "/push", query={"tag": tag},
+                             headers={"X-Registry-Auth": auth or "e30="})
+        return self._progress(resp)
+
+    def registry_login(self, username: str, password: str, server: str = ""
+                       ) -> dict[str, Any]:
+        out: dict[str, Any] = self.api.call("POST", "/auth", json_body={
+            "username": username, "password": password, "serveraddress": server})
+        return out
+
     def image_history(self, image: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self.api.call("GET", _i(image) + "/history") or []
         return out

@@ -51,6 +51,7 @@ from ketch.engine.image_core import (
     target_name,
 )
 from ketch.engine.image_delete import ImageDeletion
+from ketch.engine.image_distribution import ImageDistribution
 from ketch.engine.image_filters import (
     LIST_FILTERS,
     check_filters,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-class ImageService(ImageDeletion):
+class ImageService(ImageDeletion, ImageDistribution):
     """``docker image`` operations; results are Docker API JSON shapes (module doc)."""
 
     def _repo_digests(self, img: ImageEntry,
@@ -232,22 +233,6 @@ class ImageService(ImageDeletion):
             out[0]["Id"] = img.id
             out[0]["Tags"] = [familiar(r.name) for r in img.tagged] or None
         return out
-
-    def pull(self, image: str, tag: str | None = None) -> builtins.list[dict[str, str]]:
-        """``POST /images/create?fromImage=``: only what is here already (no registry
-        access yet): Docker's "up to date" messages, else NotFound."""
-        ref = reference.normalize(image)
-        if tag:
-            ref = reference.normalize(f"{ref.name}@{tag}" if ":" in tag else f"{ref.name}:{tag}")
-        try:
-            record = self.store.get(str(ref))
-        except NotFound:
-            repo = reference.Reference(ref.domain, ref.path).familiar()
-            raise NotFound(f"pull access denied for {repo}: registry access is not "
-                           f"available yet") from None
-        return [{"status": f"Pulling from {ref.path}", "id": ref.tag or str(ref.digest)},
-                {"status": f"Digest: {record.target.digest}"},
-                {"status": f"Status: Image is up to date for {ref.familiar()}"}]
 
     def search(self, term: str) -> builtins.list[dict[str, Any]]:
         """``GET /images/search``: always empty (no registry access yet)."""
@@ -419,3 +404,4 @@ def _platform(text: str | None) -> dict[str, str]:
     if len(parts) == 3:
         out["variant"] = parts[2]
     return out
+

@@ -24,6 +24,9 @@ def all_routes(engine: Engine) -> list[Route]:
     routes = list(SystemRouter(engine.system).routes())
     # --- routers (one line each; keep this block additive) ---
     routes += ImagesRouter(engine.images).routes()
+    from ketch.api.routers.auth import AuthRouter
+
+    routes += AuthRouter(engine.images).routes()
     routes += EventsRouter(engine.events).routes()
     routes += VolumesRouter(engine.volumes).routes()
     from ketch.api.routers.containers import ContainersRouter

@@ -32,6 +32,7 @@ from ketch.api import version
 from ketch.api.filters import parse_filters
 from ketch.api.httpstatus import json_response
 from ketch.api.router import Route
+from ketch.distribution.auth import Credentials, decode_registry_auth
 from ketch.errors import InvalidArgument, KetchError
 from ketch.httpserver import Request, Response
 
@@ -65,7 +66,14 @@ class ImagesBackend(Protocol):
                      changes: Sequence[str] = (), message: str | None = None,
                      platform: str | None = None) -> str: ...
 
-    def pull(self, image: str, tag: str | None = None) -> builtins.list[dict[str, str]]: ...
+    def pull(self, image: str, tag: str | None = None, platform: str | None = None,
+             auth: Credentials | None = None,
+             emit: Callable[[dict[str, Any]], None] | None = None
+             ) -> builtins.list[dict[str, Any]]: ...
+
+    def push(self, name: str, tag: str | None = None, auth: Credentials | None = None,
+             emit: Callable[[dict[str, Any]], None] | None = None
+             ) -> builtins.list[dict[str, Any]]: ...
 
     def load(self, tar: IO[bytes], quiet: bool = True) -> builtins.list[str]: ...
 
@@ -173,6 +181,37 @@ async def _stream(work: Callable[[IO[bytes]], None]) -> AsyncIterator[bytes]:
     return rest()
 
 
+def _progress(work: Callable[[Callable[[dict[str, Any]], None]], object]
+              ) -> Callable[[IO[bytes]], None]:
+    """A ``_stream`` worker sending ``work``'s progress messages as they come.
+
+    An error before the first message is raised (an HTTP error, as dockerd answers a
+    pull of an unknown image); after it, it ends the stream as an ``errorDetail``.
+    """
+    def run(out: IO[bytes]) -> None:
+        mu = threading.Lock()
+        sent = False
+
+        def emit(obj: dict[str, Any]) -> None:
+            nonlocal sent
+            with mu:
+                out.write(_message(obj))
+                out.flush()
+                sent = True
+
+        try:
+            work(emit)
+        except KetchError as e:
+            if not sent:
+                raise
+            log.info("image transfer failed: %s", e)
+            with mu:
+                out.write(_error_message(e))
+                out.flush()
+
+    return run
+
+
 class ImagesRouter:
     def __init__(self, backend: ImagesBackend) -> None:
         self.backend = backend
@@ -189,6 +228,7 @@ class ImagesRouter:
             Route("GET", "/images/{name:path}/history", self.history),
             Route("POST", "/images/{name:path}/tag", self.tag),
             Route("GET", "/images/{name:path}/get", self.get_one),
+            Route("POST", "/images/{name:path}/push", self.push),
             Route("DELETE", "/images/{name:path}", self.remove),
         ]
 
@@ -256,8 +296,17 @@ class ImagesRouter:
         return Response(200, list(_JSON_STREAM), _message({"status": image_id}))
 
     async def _pull(self, request: Request, image: str) -> Response:
-        messages = await asyncio.to_thread(self.backend.pull, image, request.arg("tag"))
-        return Response(200, list(_JSON_STREAM), b"".join(_message(m) for m in messages))
+        auth = decode_registry_auth(request.headers.get("X-Registry-Auth"))
+        tag, platform = request.arg("tag") or None, request.arg("platform") or None
+        body = await _stream(_progress(
+            lambda emit: self.backend.pull(image, tag, platform, auth, emit)))
+        return Response(200, list(_JSON_STREAM), body)
+
+    async def push(self, request: Request) -> Response:
+        auth = decode_registry_auth(request.headers.get("X-Registry-Auth"))
+        name, tag = request.params["name"], request.arg("tag") or None
+        body = await _stream(_progress(lambda emit: self.backend.push(name, tag, auth, emit)))
+        return Response(200, list(_JSON_STREAM), body)
 
     async def load(self, request: Request) -> Response:
         quiet = _bool(request, "quiet", True)

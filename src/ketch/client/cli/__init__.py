@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 import ketch
-from ketch.client.cli import containers, cp, images, run, system, volumes
+from ketch.client.cli import containers, cp, images, login, run, system, volumes
 from ketch.client.cli.base import Command, Context, UsageError, error_text
 from ketch.client.cli.bootstrap import BOOTSTRAP
 from ketch.client.engine import EngineClient
@@ -53,7 +53,7 @@ def _top_level() -> list[Command]:
     generic = {"inspect"}  # the top-level inspect takes any object (system.COMMANDS)
     cmds = [c for c in [*run.COMMANDS, *containers.COMMANDS, *cp.COMMANDS]
             if c.name not in generic]
-    cmds += [*images.COMMANDS, *system.COMMANDS]
+    cmds += [*images.COMMANDS, *login.COMMANDS, *system.COMMANDS]
     return [dataclasses.replace(c, aliases=()) for c in cmds]
 
 

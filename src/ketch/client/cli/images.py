@@ -1,5 +1,5 @@
 """Image verbs: images (image ls), rmi, tag, load, save, import, history, image prune,
-image inspect. ``image bootstrap`` is in :mod:`ketch.client.cli.bootstrap`.
+image inspect, pull, push. ``image bootstrap`` is in :mod:`ketch.client.cli.bootstrap`.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from ketch.client.cli.base import Command, Context, UsageError, error_text, parse_filters
 from ketch.client.cli.format import (
@@ -22,8 +22,8 @@ from ketch.client.cli.format import (
 from ketch.client.cli.term import Progress, ProgressReader, is_tty
 from ketch.errors import KetchError
 
-__all__ = ["COMMANDS", "IMAGE_HEADERS", "confirm", "familiar", "image_rows", "load_tarball",
-           "split_ref"]
+__all__ = ["COMMANDS", "IMAGE_HEADERS", "ProgressDisplay", "confirm", "familiar", "image_rows",
+           "load_tarball", "registry_of", "split_ref"]
 
 IMAGES_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
 DIGESTS_TABLE = ("table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}"
@@ -357,6 +357,101 @@ LS = Command("images", "List images", _setup_images, _images)
 RMI = Command("rmi", "Remove one or more images", _setup_rmi, _rmi)
 TAG = Command("tag", "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE", _setup_tag, _tag)
 LOAD = Command("load", "Load an image from a tar archive or STDIN", _setup_load, _load)
+class ProgressDisplay:
+    """Docker's JSON progress messages as the docker CLI shows them.
+
+    On a terminal each layer ``id`` keeps one line, redrawn in place (cursor up, clear,
+    rewrite, cursor down); elsewhere only status changes are printed, one per line,
+    without the bars.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = is_tty(out)
+        self.lines: dict[str, int] = {}
+        self.last: dict[str, str] = {}
+
+    def show(self, msg: dict[str, Any]) -> None:
+        status = str(msg.get("status") or msg.get("stream") or "")
+        if not status:
+            return
+        lid = msg.get("id")
+        progress = str(msg.get("progress") or "")
+        if not lid:
+            self.out.write(status.rstrip("\n") + "\n")
+            self.out.flush()
+            return
+        text = f"{lid}: {status} {progress}".rstrip()
+        if not self.tty:
+            if progress or self.last.get(lid) == status:
+                return
+            self.last[lid] = status
+            self.out.write(text + "\n")
+        elif lid not in self.lines:
+            self.lines[lid] = len(self.lines)
+            self.out.write(text + "\n")
+        else:
+            up = len(self.lines) - self.lines[lid]
+            self.out.write(f"\x1b[{up}A\r\x1b[2K{text}\r\x1b[{up}B")
+        self.out.flush()
+
+
+def registry_of(ref: str) -> str:
+    """The registry domain an image reference names (docker.io when none)."""
+    first, sep, _ = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _auth_for(ref: str) -> str:
+    from ketch.distribution.credentials import CredentialStore
+
+    return CredentialStore().encoded(registry_of(ref))
+
+
+def _transfer(ctx: Context, messages: Iterable[dict[str, Any]], quiet: bool) -> None:
+    display = ProgressDisplay(ctx.out)
+    try:
+        for msg in messages:
+            if not quiet:
+                display.show(msg)
+    finally:
+        close = getattr(messages, "close", None)
+        if close is not None:
+            close()
+
+
+def _pull(ctx: Context, args: argparse.Namespace) -> int:
+    name, tag = args.name, None
+    if "@" not in name and ":" not in name.rsplit("/", 1)[-1]:
+        tag = "latest"
+        if not args.quiet:
+            ctx.out.write("Using default tag: latest\n")
+    _transfer(ctx, ctx.client.image_pull(name, tag=tag, platform=args.platform,
+                                         auth=_auth_for(name)), args.quiet)
+    if args.quiet:
+        ctx.out.write(f"{name}{':' + tag if tag else ''}\n")
+    return 0
+
+
+def _setup_pull(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("--platform", help="set platform if server is multi-platform capable")
+    p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
+    p.add_argument("-a", "--all-tags", action="store_true", help=argparse.SUPPRESS)
+
+
+def _push(ctx: Context, args: argparse.Namespace) -> int:
+    _transfer(ctx, ctx.client.image_push(args.name, auth=_auth_for(args.name)), args.quiet)
+    return 0
+
+
+def _setup_push(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME[:TAG]")
+    p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
+
+
 SAVE = Command("save", "Save one or more images to a tar archive (streamed to STDOUT by "
                "default)", _setup_save, _save)
 IMPORT = Command("import", "Import the contents from a tarball to create a filesystem image",
@@ -366,11 +461,14 @@ PRUNE = Command("prune", "Remove unused images", _setup_prune, _prune)
 INSPECT = Command("inspect", "Display detailed information on one or more images",
                   _setup_inspect, _inspect)
 
+PULL = Command("pull", "Download an image from a registry", _setup_pull, _pull)
+PUSH = Command("push", "Upload an image to a registry", _setup_push, _push)
+
 #: top-level verbs (``ketch images``, ``ketch rmi`` ...)
-COMMANDS = [LS, RMI, TAG, LOAD, SAVE, IMPORT, HISTORY]
+COMMANDS = [LS, RMI, TAG, LOAD, SAVE, IMPORT, HISTORY, PULL, PUSH]
 #: ``ketch image <verb>``
 IMAGE_COMMANDS = [
     Command("ls", "List images", _setup_images, _images, aliases=("list",)),
     Command("rm", "Remove one or more images", _setup_rmi, _rmi, aliases=("remove",)),
-    TAG, LOAD, SAVE, IMPORT, HISTORY, PRUNE, INSPECT,
+    TAG, LOAD, SAVE, IMPORT, HISTORY, PRUNE, INSPECT, PULL, PUSH,
 ]
