@@ -12,7 +12,17 @@ Lifecycle of one connection::
     chunked, ≤ max_body_bytes) ─▶ handler(Request) ─▶ Response
         ├─ body: bytes            → Content-Length, then next request (keep-alive)
         ├─ body: async iterator   → Transfer-Encoding: chunked, one chunk per item
+        ├─ body: FileBody         → Content-Length, bytes sent with sendfile(2)
         └─ hijack: callback       → head written, callback owns reader/writer, then close
+
+Streamed request bodies: when the server's ``stream_body(request)`` predicate says so,
+the body is *not* read before the handler; ``request.stream`` (a ``BodyStream``) hands
+it over piece by piece instead (a registry writes a 100 MB blob straight to storage
+while hashing it). ``100 Continue`` is sent on the handler's first read. When the handler
+returns, what it left unread is drained if small; otherwise (or if the client is still
+waiting for ``100 Continue``) the response carries ``Connection: close``. A framing or
+size error met while the handler reads answers 400/413 and closes, as for buffered
+bodies.
 
 HEAD requests get the GET head (with its Content-Length) and no body. A request
 that cannot be parsed gets 400 (431 for an oversized head, 413 for an oversized
@@ -34,11 +44,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
     "BadRequest",
+    "BodyStream",
+    "FileBody",
     "HTTPServer",
     "Handler",
     "Headers",
@@ -117,6 +129,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     api_version: str = ""
     spool: IO[bytes] | None = None  # set instead of ``body`` when the body was spooled
+    stream: BodyStream | None = None  # set instead of ``body`` for streamed routes
 
     def body_io(self) -> IO[bytes]:
         """The whole body as a readable binary file, spooled or not (for tarballs)."""
@@ -145,18 +158,30 @@ class Request:
 
 
 @dataclass(slots=True)
+class FileBody:
+    """A response body of ``count`` bytes of ``file`` from ``offset``, sent with
+    ``sendfile(2)`` when ``file`` has a descriptor and the socket is plain TCP/unix
+    (else read and written in large pieces). The server closes ``file`` afterwards."""
+
+    file: BinaryIO
+    offset: int
+    count: int
+
+
+@dataclass(slots=True)
 class Response:
     """What a handler returns.
 
-    ``body`` is bytes (sent with Content-Length) or an async iterator of bytes
-    (sent chunked, each item flushed as it comes). ``hijack``, if set, is called
+    ``body`` is bytes (sent with Content-Length), an async iterator of bytes
+    (sent chunked, each item flushed as it comes) or a ``FileBody`` (sent with
+    Content-Length from a file). ``hijack``, if set, is called
     with the raw reader/writer once the head is written; the connection is closed
     when it returns.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes | AsyncIterator[bytes] = b""
+    body: bytes | AsyncIterator[bytes] | FileBody = b""
     hijack: Hijacker | None = None
 
     def header(self, name: str) -> str | None:
@@ -338,6 +363,135 @@ async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     sink.into(req)
 
 
+_DRAIN_LIMIT = 256 << 10  # unread body bytes drained to keep a connection; more → close
+
+
+class BodyStream:
+    """A request body read on demand, framed by Content-Length or chunked coding.
+
+    ``read(n)`` returns 1..n bytes, or ``b""`` once the body is complete; ``readall``
+    the rest at once. ``length`` is the declared Content-Length (None when chunked),
+    ``received`` the bytes handed out so far, ``done`` whether the end was reached.
+    Framing errors and bodies past ``max_body_bytes`` raise ``BadRequest``; a client
+    that hangs up mid-body raises ``asyncio.IncompleteReadError``.
+    """
+
+    __slots__ = ("_chunk_left", "_continued", "_left", "_limits", "_reader", "_req",
+                 "_writer", "done", "length", "received")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 req: Request, limits: Limits) -> None:
+        self._reader, self._writer, self._req, self._limits = reader, writer, req, limits
+        self.received = 0
+        self._continued = False
+        self._chunk_left = 0  # chunked: bytes left in the current chunk
+        te = req.headers.tokens("transfer-encoding")
+        cl_values = req.headers.get_all("content-length")
+        self.length: int | None
+        if te:
+            if te != {"chunked"}:
+                raise BadRequest(501, f"unsupported transfer coding {sorted(te)}")
+            if cl_values:
+                raise BadRequest(400, "both Content-Length and Transfer-Encoding")
+            self.length, self._left = None, -1
+        else:
+            if cl_values and (len(set(cl_values)) != 1 or not cl_values[0].isdigit()):
+                raise BadRequest(400, "malformed Content-Length")
+            self.length = int(cl_values[0]) if cl_values else 0
+            if self.length > limits.max_body_bytes:
+                raise BadRequest(413, "request body too large")
+            self._left = self.length
+        self.done = self._left == 0
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """The client asked for ``100 Continue`` and has not been sent it yet."""
+        return (not self._continued and self._req.version == "HTTP/1.1"
+                and "100-continue" in self._req.headers.tokens("expect"))
+
+    async def read(self, n: int = 1 << 20) -> bytes:
+        if self.done or n <= 0:
+            return b""
+        if not self._continued:
+            self._continued = True
+            await _continue(self._writer, self._req)
+        if self.length is not None:
+            data = await self._reader.read(min(n, self._left))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", self._left)
+            self._left -= len(data)
+            self.done = self._left == 0
+        else:
+            if self._chunk_left == 0 and not await self._next_chunk():
+                return b""
+            data = await self._reader.read(min(n, self._chunk_left))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", self._chunk_left)
+            self._chunk_left -= len(data)
+            if self._chunk_left == 0 and await self._reader.readexactly(2) != b"\r\n":
+                raise BadRequest(400, "malformed chunk terminator")
+        self.received += len(data)
+        return data
+
+    async def _next_chunk(self) -> bool:
+        line = await self._readline()
+        size_text = line[:-2].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadRequest(400, "malformed chunk size") from None
+        if size < 0:
+            raise BadRequest(400, "malformed chunk size")
+        if size == 0:
+            while (await self._readline()) != b"\r\n":  # trailer fields, ignored
+                pass
+            self.done = True
+            return False
+        if self.received + size > self._limits.max_body_bytes:
+            raise BadRequest(413, "request body too large")
+        self._chunk_left = size
+        return True
+
+    async def _readline(self) -> bytes:
+        try:
+            return await self._reader.readuntil(b"\r\n")
+        except (asyncio.LimitOverrunError, ValueError):
+            raise BadRequest(400, "malformed chunked body") from None
+
+    async def readall(self, limit: int | None = None) -> bytes:
+        """The rest of the body; ``BadRequest(413)`` once it passes ``limit`` bytes."""
+        if self.length is not None and limit is not None and self.length > limit:
+            raise BadRequest(413, "request body too large")
+        parts: list[bytes] = []
+        total = 0
+        while data := await self.read():
+            total += len(data)
+            if limit is not None and total > limit:
+                raise BadRequest(413, "request body too large")
+            parts.append(data)
+        return b"".join(parts)
+
+    async def finish(self) -> bool:
+        """After the handler: drain a small unread rest; False when the connection
+        cannot carry another request (too much left, a broken body, or a client still
+        waiting for 100 Continue)."""
+        if self.done:
+            return True
+        if self.awaiting_continue:
+            return False
+        if self.length is not None and self._left > _DRAIN_LIMIT:
+            return False
+        try:
+            drained = 0
+            while data := await self.read(_DRAIN_LIMIT):
+                drained += len(data)
+                if drained > _DRAIN_LIMIT:
+                    return False
+        except (BadRequest, asyncio.IncompleteReadError, ConnectionError):
+            return False
+        return True
+
+
 async def _continue(writer: asyncio.StreamWriter, req: Request) -> None:
     if req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect"):
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -348,10 +502,12 @@ class HTTPServer:
     """Serves ``handler`` on every accepted connection; tracks them for shutdown."""
 
     def __init__(self, handler: Handler, *, limits: Limits = Limits(),
-                 server_header: str | None = None) -> None:
+                 server_header: str | None = None,
+                 stream_body: Callable[[Request], bool] | None = None) -> None:
         self.handler = handler
         self.limits = limits
         self.server_header = server_header
+        self.stream_body = stream_body  # requests whose body the handler reads itself
         self._dates = _DateCache()
         self._conns: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
 
@@ -396,9 +552,24 @@ class HTTPServer:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
         while True:
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
+                if first:
+                    # A TLS ClientHello (record type 0x16) sent to a plain listener carries
+                    # no CRLF: answer at once so the client fails fast (and clients that
+                    # try HTTPS first, like skopeo, fall back to HTTP without a timeout).
+                    lead = await reader.readexactly(1)
+                    if lead == b"\x16":
+                        writer.write(b"HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n"
+                                     b"Client sent an HTTPS request to an HTTP server.\n")
+                        with contextlib.suppress(ConnectionError):
+                            await writer.drain()
+                        return
+                    first = False
+                    head = lead + await reader.readuntil(b"\r\n\r\n")
+                else:
+                    head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as e:
                 if e.partial.strip():
                     await self._write_error(writer, BadRequest(400, "truncated request"))
@@ -408,7 +579,10 @@ class HTTPServer:
                 return
             try:
                 req = parse_head(head, self.limits)
-                await read_body(reader, writer, req, self.limits)
+                if self.stream_body is not None and self.stream_body(req):
+                    req.stream = BodyStream(reader, writer, req, self.limits)
+                else:
+                    await read_body(reader, writer, req, self.limits)
             except BadRequest as e:
                 await self._write_error(writer, e)
                 return
@@ -417,14 +591,33 @@ class HTTPServer:
                 return
             try:
                 resp = await self.handler(req)
+            except BadRequest as e:
+                if req.stream is None:
+                    log.exception("unhandled error in %s %s", req.method, req.path)
+                    resp = _internal_error()
+                else:  # the streamed body broke its framing or limit mid-handler
+                    await self._write_error(writer, e)
+                    await _linger(reader, writer)
+                    return
+            except (asyncio.IncompleteReadError, ConnectionError):
+                if req.stream is None:
+                    log.exception("unhandled error in %s %s", req.method, req.path)
+                    resp = _internal_error()
+                else:  # the client went away while sending its body
+                    return
             except Exception:
                 log.exception("unhandled error in %s %s", req.method, req.path)
-                resp = Response(500, [("Content-Type", "application/json")],
-                                b'{"message":"internal server error"}\n')
+                resp = _internal_error()
             finally:
                 if req.spool is not None:
                     req.spool.close()
-            keep = await self._write_response(reader, writer, req, resp)
+            reusable = req.stream is None or await req.stream.finish()
+            keep = await self._write_response(reader, writer, req, resp, close=not reusable)
+            if not reusable:
+                assert req.stream is not None
+                if not req.stream.awaiting_continue:  # else the client sent no body
+                    await _linger(reader, writer)
+                return
             if resp.hijack is not None:
                 await resp.hijack(reader, writer)
                 return
@@ -451,16 +644,20 @@ class HTTPServer:
 
     async def _write_response(self, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter, req: Request,
-                              resp: Response) -> bool:
+                              resp: Response, *, close: bool = False) -> bool:
         """Write ``resp``; True when the connection may carry another request."""
-        keep = req.keep_alive and resp.hijack is None
+        keep = req.keep_alive and resp.hijack is None and not close
         headers = list(resp.headers)
         no_body = req.method == "HEAD" or resp.status in (204, 304) or resp.status < 200
         body = resp.body
         if resp.hijack is not None:
+            if isinstance(body, FileBody):
+                body.file.close()
             writer.write(self._head(resp.status, headers))
             await writer.drain()
             return False
+        if isinstance(body, FileBody):
+            return await self._write_file(writer, resp.status, headers, body, no_body, keep)
         if isinstance(body, bytes | bytearray):
             if resp.status not in (204, 304) and resp.header("content-length") is None:
                 headers.append(("Content-Length", str(len(body))))
@@ -517,6 +714,50 @@ class HTTPServer:
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         return keep
+
+
+    async def _write_file(self, writer: asyncio.StreamWriter, status: int,
+                          headers: list[tuple[str, str]], body: FileBody, no_body: bool,
+                          keep: bool) -> bool:
+        try:
+            if status not in (204, 304) and not any(k.lower() == "content-length"
+                                                    for k, _ in headers):
+                headers.append(("Content-Length", str(body.count)))
+            if not keep:
+                headers.append(("Connection", "close"))
+            writer.write(self._head(status, headers))
+            await writer.drain()
+            if not no_body and body.count > 0:
+                loop = asyncio.get_running_loop()
+                sent = await loop.sendfile(writer.transport, body.file, body.offset,
+                                           body.count)
+                if sent != body.count:  # the file shrank under us: the framing is broken
+                    raise ConnectionResetError(f"short file body ({sent} of {body.count})")
+        finally:
+            body.file.close()
+        return keep
+
+
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 64 << 20
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Before closing on a client still sending a body we did not read: half-close, then
+    read and discard for a moment. Closing at once would make the kernel answer the
+    unread bytes with RST, which can destroy the response before the client reads it."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(_LINGER_SECONDS):
+            drained = 0
+            while drained < _LINGER_BYTES and (data := await reader.read(1 << 20)):
+                drained += len(data)
+
+
+def _internal_error() -> Response:
+    return Response(500, [("Content-Type", "application/json")],
+                    b'{"message":"internal server error"}\n')
 
 
 async def _aclose(it: Any) -> None:
