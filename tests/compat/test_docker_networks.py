@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import tarfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -330,8 +333,8 @@ def test_network_none_has_loopback_only(kd: Ketchd) -> None:
 
 
 def test_udp_and_port_ranges(kd: Ketchd) -> None:
-    """A range of TCP ports answers; a UDP mapping is shown and programmed (busybox-static
-    has no UDP server: the firewall's root tests carry UDP traffic through it)."""
+    """A range of TCP ports answers; a UDP mapping is shown and programmed (datagrams
+    through one: test_udp_published_port_carries_datagrams)."""
     cid = _ok(kd.docker("run", "-d", "-p", "9053:53/udp", "-p", "9100-9101:100-101",
                         "busybox", "sh", "-c",
                         "httpd -f -p 100 -h /etc & httpd -f -p 101 -h /etc")).strip()
@@ -348,6 +351,69 @@ def test_udp_and_port_ranges(kd: Ketchd) -> None:
     finally:
         kd.docker("rm", "-f", cid)
     assert "9053" not in _ok(_host(kd, "nft", "list", "map", "inet", "ketch", "dnat4_any"))
+
+
+_UDP_ECHO = r"""
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[1]));
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a)) return 1;
+    for (;;) {
+        char b[1500];
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        ssize_t n = recvfrom(s, b + 5, sizeof b - 5, 0, (struct sockaddr *)&peer, &len);
+        if (n < 0) continue;
+        memcpy(b, "pong:", 5);
+        sendto(s, b, (size_t)n + 5, 0, (struct sockaddr *)&peer, len);
+    }
+}
+"""
+
+_UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+for _ in range(20):
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recv(100).decode())
+        break
+    except TimeoutError:
+        pass
+"""
+
+
+def test_udp_published_port_carries_datagrams(kd: Ketchd, tmp_path: Path) -> None:
+    """Datagrams to a published UDP port reach the container and its answers come back,
+    through the host's own addresses (127.0.0.1 included)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build a UDP echo server (busybox has none)")
+    (tmp_path / "udpecho.c").write_text(_UDP_ECHO)
+    built = subprocess.run([cc, "-static", "-O2", "-o", str(tmp_path / "udpecho"),
+                            str(tmp_path / "udpecho.c")], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"cannot link a static program here: {built.stderr.strip()[-200:]}")
+    with tarfile.open(tmp_path / "udpecho.tar", "w") as tar:
+        tar.add(tmp_path / "udpecho", "udpecho")
+    _ok(kd.docker("import", str(tmp_path / "udpecho.tar"), "udpecho:latest"))
+    cid = _ok(kd.docker("run", "-d", "-p", "9054:53/udp", "udpecho", "/udpecho", "53")).strip()
+    try:
+        gw = json.loads(_ok(kd.docker("network", "inspect", "bridge")))[0]["IPAM"]["Config"][
+            0]["Gateway"]
+        for addr in ("127.0.0.1", gw):
+            out = _host(kd, sys.executable, "-c", _UDP_ASK, addr, "9054").stdout
+            assert out.strip() == "pong:ping", (addr, out)
+    finally:
+        kd.docker("rm", "-f", cid)
+        kd.docker("rmi", "udpecho:latest")
 
 
 def test_a_killed_daemon_leaves_nothing_after_restart(
