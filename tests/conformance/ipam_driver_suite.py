@@ -204,6 +204,18 @@ class IpamDriverSuite:
         assert ipam.request_address(pool.id) == I("10.1.0.3/29")
         assert ipam.request_address(pool.id) == I("10.1.0.5/29")
 
+    def test_addresses_lists_what_is_held(self, ipam: IpamDriver) -> None:
+        pool = ipam.request_pool(subnet="10.1.0.0/24")
+        assert ipam.addresses(pool.id) == []  # the gateway is reserved, not handed out
+        ipam.request_address(pool.id, "10.1.0.20")
+        auto = str(ipam.request_address(pool.id).ip)
+        assert ipam.addresses(pool.id) == sorted(["10.1.0.20", auto],
+                                                 key=ipaddress.ip_address)
+        ipam.release_address(pool.id, "10.1.0.20")
+        assert ipam.addresses(pool.id) == [auto]
+        with pytest.raises(NotFound):
+            ipam.addresses("no-such-pool")
+
     def test_released_address_can_be_requested_explicitly(self, ipam: IpamDriver) -> None:
         pool = ipam.request_pool(subnet="10.1.0.0/24")
         addr = ipam.request_address(pool.id)

@@ -597,3 +597,15 @@ def test_record_file_is_json_with_the_pool_id(env: Env) -> None:
     assert doc["pool_id"] == "LocalDefault/10.8.0.0/24"
     assert doc["facts"] == {"device": "br-" + net_id[:12]}
     assert os.stat(Path(env.state_dir, f"{net_id}.json")).st_mode & 0o777 == 0o600
+
+
+def test_addresses_no_endpoint_claims_are_released(env: Env) -> None:
+    web = create(env.svc, "web", IPAM=ipam("10.9.0.0/24"))
+    pool = env.svc.lookup("web").pool_id
+    assert pool is not None
+    kept = str(env.ipam.request_address(pool).ip)
+    stray = str(env.ipam.request_address(pool).ip)  # taken, then the daemon died
+    released = env.svc.release_unclaimed({web: [kept]})
+    assert released == [f"web/{stray}"]
+    assert env.ipam.addresses(pool) == [kept]
+    assert env.svc.release_unclaimed({web: [kept]}) == []  # nothing more to do

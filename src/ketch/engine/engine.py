@@ -199,8 +199,20 @@ class Engine:
             net.resolver = Resolver(lookup, host_upstreams(), reverse=reverse)
             net.loop = asyncio.get_running_loop()
         await self.containers.restore()
+        if net is not None:
+            await asyncio.to_thread(self._release_stray_addresses)
         if net is not None and net.firewall is not None:
             await asyncio.to_thread(self._flush_stale_rules)
+
+    def _release_stray_addresses(self) -> None:
+        claimed: dict[str, set[str]] = {}
+        for c in self.containers.store.all():
+            for ep in c.endpoints.values():
+                if ep.get("IPAddress"):
+                    claimed.setdefault(ep.get("NetworkID", ""), set()).add(ep["IPAddress"])
+        stray = self.networks.release_unclaimed(claimed)
+        if stray:
+            log.info("released addresses no endpoint holds: %s", ", ".join(stray))
 
     def _flush_stale_rules(self) -> None:
         from ketch.engine.containers.network import mapping_of

@@ -57,7 +57,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ketch.engine.events import EventBus, parse_time
@@ -495,6 +495,27 @@ class NetworkService:
         """Every network's record."""
         with self._mu:
             return builtins.list(self._records.values())
+
+    def release_unclaimed(self, claimed: Mapping[str, Iterable[str]]) -> builtins.list[str]:
+        """Give back every address IPAM holds that no endpoint claims (``claimed``: network
+        id → the addresses of its endpoints). A daemon killed between taking an address
+        and recording it in the container leaves one held; the engine calls this at
+        start, before any container is started. Returns what it released, as
+        ``network/address``."""
+        released = []
+        for rec in self.records():
+            if rec.pool_id is None:
+                continue
+            try:
+                held = self.ipam.addresses(rec.pool_id)
+            except NotFound:
+                continue
+            mine = set(claimed.get(rec.id, ()))
+            for addr in held:
+                if addr not in mine:
+                    self.ipam.release_address(rec.pool_id, addr)
+                    released.append(f"{rec.name}/{addr}")
+        return released
 
     def lookup(self, ref: str) -> NetworkRecord:
         """The record of ``ref`` (id, name or unique id prefix); ``NotFound`` otherwise.

@@ -148,3 +148,10 @@ class IpamDriver(Protocol):
     def pools(self) -> list[Pool]:
         """Every pool held, IPv4 before IPv6, each family in address order."""
         ...
+
+    def addresses(self, pool_id: str) -> list[str]:
+        """The addresses ``request_address`` handed out in the pool and nobody released,
+        in address order (not the gateway or other reserved addresses). A daemon
+        restarting after a crash compares them with its endpoints and releases the
+        rest. ``NotFound`` for an unknown pool."""
+        ...

@@ -312,6 +312,12 @@ class LocalIpam:
                 st.held.add(value)
                 raise
 
+    def addresses(self, pool_id: str) -> list[str]:
+        """See ``IpamDriver.addresses``."""
+        with self._lock:
+            st = self._get(pool_id)
+            return [str(st.addr(a)) for a in sorted(st.held)]
+
     def pools(self) -> list[Pool]:
         """See ``IpamDriver.pools``."""
         with self._lock:
