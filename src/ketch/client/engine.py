@@ -36,6 +36,7 @@ __all__ = [
     "STDOUT",
     "SYSTEMERR",
     "Body",
+    "BuildAPI",
     "ConnectionFailed",
     "ContainerAPI",
     "EngineClient",
@@ -392,3 +393,28 @@ class EngineClient(ContainerAPI, ImageAPI, VolumeAPI, SystemAPI, Protocol):
     def close(self) -> None:
         """Release idle connections; open streams stay usable until closed."""
         ...
+
+
+@runtime_checkable
+class BuildAPI(Protocol):
+    """Image builds (``POST /build``, dockerd's classic builder protocol).
+
+    Not yet part of :class:`EngineClient`'s bases (each client that has it says so);
+    callers check with ``isinstance(client, BuildAPI)``.
+    """
+
+    def image_build(self, context: Body, *, tags: Sequence[str] = (),
+                    dockerfile: str | None = None,
+                    build_args: Mapping[str, str | None] | None = None,
+                    target: str | None = None, no_cache: bool = False, pull: bool = False,
+                    labels: Mapping[str, str] | None = None, quiet: bool = False,
+                    network_mode: str | None = None, platform: str | None = None
+                    ) -> Stream[dict[str, Any]]:
+        """Build from ``context`` (a tar: the Dockerfile and the files COPY takes).
+
+        Yields docker's classic build messages (``{"stream": "Step 1/3 : ..."}``,
+        ``{"aux": {"ID": ...}}``); a build error in the stream is raised when it
+        arrives (InvalidArgument with the step's message).
+        """
+        ...
+

@@ -451,6 +451,23 @@ class RemoteEngineClient:
         out: dict[str, Any] = self.api.call("GET", "/system/df") or {}
         return out
 
+    def image_build(self, context: Body, *, tags: Sequence[str] = (),
+                    dockerfile: str | None = None,
+                    build_args: Mapping[str, str | None] | None = None,
+                    target: str | None = None, no_cache: bool = False, pull: bool = False,
+                    labels: Mapping[str, str] | None = None, quiet: bool = False,
+                    network_mode: str | None = None, platform: str | None = None
+                    ) -> Stream[dict[str, Any]]:
+        """``POST /build`` (classic builder): see :meth:`ketch.client.engine.BuildAPI`."""
+        resp = self.api.open("POST", "/build", query={
+            "t": list(tags) or None, "dockerfile": dockerfile,
+            "buildargs": json.dumps(dict(build_args)) if build_args else None,
+            "target": target, "nocache": no_cache or None, "pull": pull or None,
+            "labels": json.dumps(dict(labels)) if labels else None, "q": quiet or None,
+            "networkmode": network_mode, "platform": platform, "rm": True},
+            body=context, headers=_TAR)
+        return self._progress(resp)
+
 
 if TYPE_CHECKING:
     def _conforms(c: RemoteEngineClient) -> EngineClient:

@@ -42,4 +42,7 @@ def all_routes(engine: Engine) -> list[Route]:
         from ketch.api.routers.networks import NetworksRouter
 
         routes += NetworksRouter(engine.networks, engine.containers).routes()
+    from ketch.api.routers.build import BuildRouter
+
+    routes += BuildRouter.for_engine(engine).routes()
     return routes

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 import ketch
-from ketch.client.cli import containers, cp, images, login, run, system, volumes
+from ketch.client.cli import build, containers, cp, images, login, run, system, volumes
 from ketch.client.cli.base import Command, Context, UsageError, error_text
 from ketch.client.cli.bootstrap import BOOTSTRAP
 from ketch.client.engine import EngineClient
@@ -54,6 +54,7 @@ def _top_level() -> list[Command]:
     cmds = [c for c in [*run.COMMANDS, *containers.COMMANDS, *cp.COMMANDS]
             if c.name not in generic]
     cmds += [*images.COMMANDS, *login.COMMANDS, *system.COMMANDS]
+    cmds += build.COMMANDS
     return [dataclasses.replace(c, aliases=()) for c in cmds]
 
 
