@@ -174,6 +174,34 @@ def test_pull_by_digest(ketchd_busybox: Ketchd, pushed: tuple[str, str]) -> None
     assert f"{repo}@{digest}" in json.loads(digests)
 
 
+def test_digest_pull_is_a_repo_digest_not_a_tag(ketchd_busybox: Ketchd, registry: Registry,
+                                                pushed: tuple[str, str]) -> None:
+    """As dockerd: ``repo@digest`` is in RepoDigests, never in RepoTags; ``docker
+    images`` shows the repository with a ``<none>`` tag."""
+    d = ketchd_busybox
+    name, digest = pushed
+    repo = f"{registry.host}/dg/busybox"
+    ok(d.docker("tag", name, f"{repo}:only"))
+    ok(d.docker("push", f"{repo}:only"))
+    ok(d.docker("rmi", f"{repo}:only"))
+    out = ok(d.docker("pull", f"{repo}@{digest}"))
+    assert f"Digest: {digest}" in out
+    info = json.loads(ok(d.docker("image", "inspect", f"{repo}@{digest}")))[0]
+    assert not [t for t in info["RepoTags"] if "@" in t or t.startswith(repo)], info
+    assert f"{repo}@{digest}" in info["RepoDigests"]
+    rows = ok(d.docker("images", "--digests", "--format",
+                       "{{.Repository}} {{.Tag}} {{.Digest}}")).splitlines()
+    assert f"{repo} <none> {digest}" in rows, rows
+    listed = json.loads(ok(in_ns(d, ["curl", "-s", "--unix-socket", str(d.sock),
+                                     "http://d/images/json"])).strip() or "[]") \
+        if shutil.which("curl") else []
+    for img in listed:
+        assert not [t for t in img["RepoTags"] or [] if "@" in t], img
+    ok(d.docker("rmi", f"{repo}@{digest}"))
+    assert f"{repo}@{digest}" not in ok(d.docker("image", "inspect", "-f",
+                                                 "{{json .RepoDigests}}", name))
+
+
 def test_pull_unknown_tag_is_docker_error(ketchd_busybox: Ketchd, registry: Registry) -> None:
     r = ketchd_busybox.docker("pull", f"{registry.host}/x/busybox:nope")
     assert r.returncode != 0
@@ -242,8 +270,9 @@ def test_docker_py_pull_and_push(ketchd_busybox: Ketchd, registry: Registry,
         assert not [x for x in lines if "error" in x], lines
         aux = [x["aux"] for x in lines if "aux" in x]
         assert aux and aux[0]["Digest"] == digest
-        assert "Mounted from x/busybox" in {x.get("status") for x in lines} or \
-            "Layer already exists" in {x.get("status") for x in lines}
+        statuses = {str(x.get("status")) for x in lines}
+        assert "Layer already exists" in statuses or \
+            [s for s in statuses if s.startswith("Mounted from ")], statuses
     finally:
         client.close()
     assert skopeo_digest(d, f"{registry.host}/py/busybox:v1") == digest
@@ -330,3 +359,57 @@ def docker_closed_stdin(d: Ketchd, *args: str) -> subprocess.CompletedProcess[st
     env.update(DOCKER_HOST=d.url, DOCKER_CONFIG=str(d.root / "docker-config"))
     return subprocess.run(in_netns(d.root, [DOCKER, *args]), env=env, capture_output=True,
                           text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+
+
+def _plain_layer_tar(path: Path) -> None:
+    """A tar for ``docker import``: ketch stores such a layer uncompressed."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in (("hello.txt", b"hello\n" * 5000), ("rand.bin", os.urandom(65536))):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime = len(data), 1_700_000_000
+            tf.addfile(ti, io.BytesIO(data))
+
+
+def test_uncompressed_layer_is_gzipped_on_push_and_repush_is_noop(
+        ketchd_busybox: Ketchd, registry: Registry, tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    d = ketchd_busybox
+    _plain_layer_tar(tmp_path / "plain.tar")
+    name = f"{registry.host}/gz/plain:v1"
+    ok(d.docker("import", str(tmp_path / "plain.tar"), name))
+    diff_id = json.loads(ok(d.docker("image", "inspect", "-f", "{{json .RootFS.Layers}}",
+                                     name)))[0]
+    out = ok(d.docker("push", name))
+    assert "Pushed" in out, out
+    digest = next(x for x in out.splitlines() if x.startswith("v1: digest: ")).split()[2]
+    assert skopeo_digest(d, name) == digest
+    manifest = json.loads(ok(in_ns(d, ["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                       f"docker://{name}"])))
+    (lay,) = manifest["layers"]
+    assert lay["mediaType"].endswith("tar+gzip"), lay
+    hexd = lay["digest"].split(":")[1]
+    blob = (registry.root / "data/docker/registry/v2/blobs/sha256" / hexd[:2] / hexd /
+            "data").read_bytes()
+    assert blob[:2] == b"\x1f\x8b" and len(blob) == lay["size"]
+    assert "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest() == diff_id
+
+    again = ok(d.docker("push", name))
+    assert "Layer already exists" in again and "Pushed" not in again, again
+    assert f"v1: digest: {digest}" in again
+    other = f"{registry.host}/gz/other:v1"
+    ok(d.docker("tag", name, other))
+    moved = ok(d.docker("push", other))
+    assert "Mounted from gz/plain" in moved, moved
+    assert f"v1: digest: {digest}" in moved
+
+    ok(d.docker("rmi", name, other))  # and back: the pulled image is the imported one
+    pulled = ok(d.docker("pull", name))
+    assert "Pull complete" in pulled, pulled
+    assert json.loads(ok(d.docker("image", "inspect", "-f", "{{json .RootFS.Layers}}",
+                                  name))) == [diff_id]
+    ok(d.docker("rmi", name))

@@ -153,6 +153,9 @@ class Registry:
         hdrs["Authorization"] = answer
         if hasattr(body, "seek"):
             body.seek(0)  # type: ignore[union-attr]
+        elif body is not None and not isinstance(body, bytes):
+            raise Unauthorized(f"{method} {self._url(path)}: unauthorized: the registry "
+                               f"asked for credentials after the upload was sent")
         return self._send(method, path, hdrs, body, length, follow)
 
     def _send(self, method: str, path: str, headers: Mapping[str, str],
@@ -351,3 +354,40 @@ class Registry:
             if r.status not in (201, 204):
                 raise _registry_error(r, f"upload of {desc.digest}")
             r.body(1 << 20)
+
+    def upload_stream(self, repo: str, body: IO[bytes],
+                      digest: Callable[[], Digest]) -> Digest:
+        """Upload a blob whose digest is known only once ``body`` is read to its end
+        (a layer compressed on the fly): POST, one chunked PATCH with the bytes, then
+        PUT with ``?digest=`` from ``digest()``; the registry verifies it. Returns it."""
+        scopes = [self._scope(repo, True)]
+        with self._call("POST", f"/v2/{repo}/blobs/uploads/", scopes) as r:
+            r.body(1 << 20)
+            if r.status != 202:
+                raise _registry_error(r, "upload")
+            location = r.header("Location")
+        if not location:
+            raise Unavailable("upload: the registry gave no Location")
+        try:
+            location = self._absolute(location)
+            with self._call("PATCH", location, scopes,
+                            {"Content-Type": "application/octet-stream"}, body) as r:
+                r.body(1 << 20)
+                if r.status != 202:
+                    raise _registry_error(r, "upload")
+                location = self._absolute(r.header("Location") or location)
+            got = digest()
+            sep = "&" if "?" in location else "?"
+            with self._call("PUT", f"{location}{sep}{urlencode({'digest': str(got)})}",
+                            scopes) as r:
+                if r.status not in (201, 204):
+                    raise _registry_error(r, f"upload of {got}")
+                r.body(1 << 20)
+        except BaseException:
+            self._cancel(location, scopes)
+            raise
+        return got
+
+    def _absolute(self, location: str) -> str:
+        return location if location.startswith(("http://", "https://")) else \
+            self._url(location)

@@ -141,7 +141,9 @@ class Transport:
                 body: bytes | IO[bytes] | None = None, length: int | None = None,
                 follow: bool = True) -> Reply:
         """Send one request; follows redirects for GET/HEAD (dropping Authorization
-        when the host changes). ``OSError``/``HTTPException`` for a failed connection."""
+        when the host changes). A stream ``body`` without ``length`` goes out with
+        ``Transfer-Encoding: chunked``. ``OSError``/``HTTPException`` for a failed
+        connection."""
         hdrs = dict(headers or {})
         hdrs.setdefault("User-Agent", self.user_agent)
         for _ in range(_MAX_REDIRECTS + 1):
@@ -162,8 +164,11 @@ class Transport:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         if body is not None and length is None and isinstance(body, bytes):
             length = len(body)
+        chunked = body is not None and not isinstance(body, bytes) and length is None
         if length is not None:
             headers = {**headers, "Content-Length": str(length)}
+        elif chunked:
+            headers = {**headers, "Transfer-Encoding": "chunked"}
         elif method in ("POST", "PUT", "PATCH"):
             headers = {**headers, "Content-Length": "0"}
         for attempt in (0, 1):
@@ -178,7 +183,10 @@ class Transport:
                     c.conn.send(body)
                 elif body is not None:
                     while chunk := body.read(1 << 20):
-                        c.conn.send(chunk)
+                        c.conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked
+                                    else chunk)
+                    if chunked:
+                        c.conn.send(b"0\r\n\r\n")
                 resp = c.conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError,
                     ConnectionResetError) as e:

@@ -82,13 +82,16 @@ class ImageService(ImageDeletion, ImageDistribution):
 
     def _repo_digests(self, img: ImageEntry,
                       tags: builtins.list[str] | None = None) -> builtins.list[str]:
-        """``repo@digest`` of the image's names (of those in ``tags`` if given)."""
+        """``repo@digest`` of the image's names (of those in ``tags`` if given, and of
+        every ``repo@digest`` name: a pull by digest, which ``RepoTags`` never shows)."""
         out: builtins.list[str] = []
         for r in img.tagged:
-            if tags is not None and familiar(r.name) not in tags:
-                continue
             ref = r.reference
-            d = f"{reference.Reference(ref.domain, ref.path).familiar()}@{r.target.digest}"
+            by_digest = ref.digest is not None
+            if tags is not None and not by_digest and familiar(r.name) not in tags:
+                continue
+            repo = reference.Reference(ref.domain, ref.path).familiar()
+            d = f"{repo}@{ref.digest if by_digest else r.target.digest}"
             if d not in out:
                 out.append(d)
         return out
@@ -130,8 +133,8 @@ class ImageService(ImageDeletion, ImageDistribution):
             except KetchError as e:
                 log.warning("image %s: cannot read its content: %s", img.id, e)
                 continue
-            tags = [familiar(r.name) for r in img.tagged]
-            if not tags:
+            tags = _tags(img)
+            if not img.tagged:
                 if dangling is False or "reference" in filters:
                     continue
                 if (dangling or not all) and self._children(img.id, images):
@@ -188,7 +191,7 @@ class ImageService(ImageDeletion, ImageDistribution):
         last_tag = max((r.created for r in tagged), default=None)
         out: dict[str, Any] = {
             "Id": img.id,
-            "RepoTags": [familiar(r.name) for r in tagged],
+            "RepoTags": _tags(img),
             "RepoDigests": self._repo_digests(img),
             "Parent": self._parent(img.id),
             "Comment": comment,
@@ -231,7 +234,7 @@ class ImageService(ImageDeletion, ImageDistribution):
         out.reverse()
         if out:
             out[0]["Id"] = img.id
-            out[0]["Tags"] = [familiar(r.name) for r in img.tagged] or None
+            out[0]["Tags"] = _tags(img) or None
         return out
 
     def search(self, term: str) -> builtins.list[dict[str, Any]]:
@@ -405,3 +408,8 @@ def _platform(text: str | None) -> dict[str, str]:
         out["variant"] = parts[2]
     return out
 
+
+def _tags(img: ImageEntry) -> builtins.list[str]:
+    """``RepoTags``: the image's tagged names; ``repo@digest`` names (a pull by digest)
+    are ``RepoDigests`` only, and ``docker images`` shows them as ``<none>`` tags."""
+    return [familiar(r.name) for r in img.tagged if r.reference.digest is None]

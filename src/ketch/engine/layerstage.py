@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
 
+from ketch.distribution.compression import decompressed
 from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound, Unavailable
 from ketch.image.layer import LayerResult, apply_layer
 from ketch.oci import mediatypes as mt
@@ -107,11 +108,9 @@ class _Readable(Protocol):
 
 
 def _decompressor(media_type: str, src: _Readable) -> _Readable:
-    if media_type in ZSTD_TYPES:
-        from ketch.distribution.zstd import ZstdReader
-
-        return ZstdReader(src)
-    return src
+    """The layer's tar stream: decompressed by its magic (gzip, zstd) in large steps,
+    so ``apply_layer`` hashes only the tar; the blob's own digest is the ingest's."""
+    return decompressed(src)
 
 
 class Pipe:
@@ -125,7 +124,8 @@ class Pipe:
 
     def __init__(self, capacity: int = 32) -> None:
         self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(capacity)
-        self._buf = b""
+        self._buf = memoryview(b"")
+        self._pos = 0
         self._done = False
         self.abandoned = threading.Event()
 
@@ -152,7 +152,9 @@ class Pipe:
                 self._q.get_nowait()
 
     def read(self, n: int = -1) -> bytes:
-        while not self._buf and not self._done:
+        if n == 0:
+            return b""
+        while self._pos >= len(self._buf) and not self._done:
             try:
                 item = self._q.get(timeout=0.2)
             except queue.Empty:
@@ -165,11 +167,14 @@ class Pipe:
                 self._done = True
                 raise item
             else:
-                self._buf = item
-        if n < 0 or n >= len(self._buf):
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
+                self._buf, self._pos = memoryview(item), 0
+        if self._pos >= len(self._buf):
+            return b""
+        # sliced through a memoryview: reading a chunk in small pieces stays linear
+        end = len(self._buf) if n < 0 else min(self._pos + n, len(self._buf))
+        whole = self._buf.obj if self._pos == 0 and end == len(self._buf) else None
+        out = whole if isinstance(whole, bytes) else bytes(self._buf[self._pos:end])
+        self._pos = end
         return out
 
 
