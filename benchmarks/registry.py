@@ -1,18 +1,29 @@
-"""Registry figures side by side: ``ketch registry`` vs Debian's docker-registry, same skopeo.
+"""Registry figures side by side: ``ketch registry`` vs Debian's docker-registry, same clients.
 
 Usage::
 
-    .venv/bin/python benchmarks/registry.py [--size-mb 100] [--runs 5] [--json]
+    .venv/bin/python benchmarks/registry.py [--size-mb 100] [--runs 5] [--no-raw]
+                                            [--no-floor] [--json]
 
 One image (a config and one layer of ``--size-mb`` random bytes, gzip-framed without
 compression so skopeo neither recompresses nor spends time on it) is made once as an
 OCI layout. For each registry — both on 127.0.0.1, on a free port, with a fresh storage
-root in a temp dir — and each run: ``skopeo copy oci:… docker://…/bench/rN:t`` (push, a
-new repository each run so the layer is uploaded in full, with a fresh skopeo HOME so
-no blob-info cache suggests a mount), then ``skopeo copy docker://… dir:…`` (pull into a
-fresh directory). Registries are interleaved run by run. Printed: median wall seconds
-(p10-p90 when runs ≥ 5) and MB/s, plus what this machine's disk (write + fsync) and
-loopback TCP can do with the same bytes. Nothing is asserted.
+root in a temp dir — and each run, interleaved run by run:
+
+* skopeo: ``skopeo copy oci:… docker://…/bench/rN:t`` (push, a new repository each
+  run) then ``skopeo copy docker://… dir:…`` (pull into a fresh directory). Each skopeo
+  gets a fresh HOME and, when run as root, a private mount namespace with an empty
+  ``/var/lib/containers`` — root's skopeo keeps its blob-info cache there, and a
+  remembered blob turns every push after the first into a cross-repository mount;
+* raw HTTP with curl (unless ``--no-raw``), the server without skopeo's own costs:
+  POST + one chunked PATCH of the layer + PUT ``?digest=`` (what skopeo and docker do),
+  then a GET of the blob to /dev/null.
+
+Printed: median wall seconds (p10-p90 when runs ≥ 5) and MB/s; the client floor —
+skopeo pushing to a registry that answers every request and discards the bytes
+(unless ``--no-floor``), the best any registry can do with that client; and what this
+machine's disk (write + fsync) and loopback TCP can do with the same bytes. Nothing is
+asserted. On a shared machine the figures are noisy: compare runs, not digits.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ import tarfile
 import tempfile
 import threading
 import time
+import typing
+import uuid
 from pathlib import Path
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
@@ -139,6 +152,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _private_containers_dir() -> list[str]:
+    """The command prefix that runs skopeo with an empty /var/lib/containers (root only)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return []  # rootless skopeo keeps its cache under $HOME, fresh for every run
+    os.makedirs("/var/lib/containers", exist_ok=True)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs tmpfs /var/lib/containers && exec "$@"', "sh"]
+
+
 def skopeo(work: Path, *args: str) -> float:
     home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
     (home / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
@@ -147,14 +169,113 @@ def skopeo(work: Path, *args: str) -> float:
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(home),
                REGISTRY_AUTH_FILE=str(home / "auth.json"),
                CONTAINERS_REGISTRIES_CONF=str(home / "registries.conf"))
+    cmd = [*_private_containers_dir(), "skopeo", "--policy", str(home / "policy.json"), *args]
     t0 = time.perf_counter()
-    r = subprocess.run(["skopeo", "--policy", str(home / "policy.json"), *args], env=env,
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - t0
     shutil.rmtree(home, ignore_errors=True)
     if r.returncode != 0:
         raise SystemExit(f"skopeo {' '.join(args)} failed: {r.stderr}")
     return elapsed
+
+
+def _curl(*args: str) -> str:
+    r = subprocess.run(["curl", "-sS", "--fail", "-H", "Expect:", *args],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"curl {' '.join(args)} failed: {r.stderr}")
+    return r.stdout
+
+
+def raw_push(port: int, repo: str, layer: Path, digest: str) -> float:
+    """POST, one chunked PATCH of the whole layer, PUT ?digest=: wall seconds."""
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    head = _curl("-X", "POST", "-D", "-", "-o", "/dev/null", f"{base}/v2/{repo}/blobs/uploads/")
+    loc = re.search(r"(?im)^location:\s*(\S+)", head)
+    if loc is None:
+        raise SystemExit(f"no Location in {head!r}")
+    url = loc.group(1) if loc.group(1).startswith("http") else base + loc.group(1)
+    head = _curl("-X", "PATCH", "-T", str(layer), "-H", "Transfer-Encoding: chunked",
+                 "-H", "Content-Type: application/octet-stream", "-D", "-", "-o", "/dev/null",
+                 url)
+    loc = re.search(r"(?im)^location:\s*(\S+)", head)
+    url = (loc.group(1) if loc.group(1).startswith("http") else base + loc.group(1)) \
+        if loc else url
+    _curl("-X", "PUT", "-o", "/dev/null",
+          f"{url}{'&' if '?' in url else '?'}digest={digest}")
+    return time.perf_counter() - t0
+
+
+def raw_pull(port: int, repo: str, digest: str) -> float:
+    t0 = time.perf_counter()
+    _curl("-o", "/dev/null", f"http://127.0.0.1:{port}/v2/{repo}/blobs/{digest}")
+    return time.perf_counter() - t0
+
+
+class DiscardRegistry:
+    """Answers a push the way a registry would and throws the bytes away: what skopeo
+    costs by itself (one thread per connection, blocking reads into one buffer)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        f = typing.cast(io.BufferedReader, conn.makefile("rb", buffering=1 << 16))
+        with conn, f:
+            if f.peek(1)[:1] == b"\x16":  # a TLS hello: answer in plain HTTP, close
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n")
+                return
+            sink = memoryview(bytearray(1 << 20))
+            while line := f.readline():
+                method, target = line.decode("latin-1").split(" ")[:2]
+                headers: dict[str, str] = {}
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    k, _, v = h.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                if headers.get("transfer-encoding") == "chunked":
+                    while size := int(f.readline().split(b";")[0], 16):
+                        while size:
+                            size -= f.readinto(sink[:min(size, len(sink))])
+                        f.readline()
+                    f.readline()
+                else:
+                    size = int(headers.get("content-length", "0"))
+                    while size:
+                        size -= f.readinto(sink[:min(size, len(sink))])
+                conn.sendall(self._answer(method, target).encode())
+
+    @staticmethod
+    def _answer(method: str, target: str) -> str:
+        m = re.match(r"/v2/(.+?)/(?:blobs|manifests)/", target)
+        name = m.group(1) if m else "x"
+        if method == "GET" and target.rstrip("/") == "/v2":
+            return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        if method == "POST":
+            return (f"HTTP/1.1 202 Accepted\r\nLocation: /v2/{name}/blobs/uploads/"
+                    f"{uuid.uuid4().hex}\r\nRange: 0-0\r\nContent-Length: 0\r\n\r\n")
+        if method == "PATCH":
+            return (f"HTTP/1.1 202 Accepted\r\nLocation: {target}\r\nRange: 0-0\r\n"
+                    "Content-Length: 0\r\n\r\n")
+        if method == "PUT":
+            d = re.search(r"digest=([^&]+)", target)
+            digest = d.group(1).replace("%3A", ":") if d else "sha256:" + "0" * 64
+            return (f"HTTP/1.1 201 Created\r\nLocation: /v2/{name}/blobs/{digest}\r\n"
+                    f"Docker-Content-Digest: {digest}\r\nContent-Length: 0\r\n\r\n")
+        return "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"  # HEAD: push it
 
 
 def disk_seconds(work: Path, size: int) -> float:
@@ -207,20 +328,30 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size-mb", type=int, default=100)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--no-raw", action="store_true", help="skip the curl figures")
+    p.add_argument("--no-floor", action="store_true", help="skip skopeo's discard floor")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if shutil.which("skopeo") is None:
         raise SystemExit("skopeo is not installed")
+    raw = not args.no_raw and shutil.which("curl") is not None
     size = args.size_mb << 20
     work = Path(tempfile.mkdtemp(prefix="ketch-regbench-"))
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    ops = ["push", "pull", *(["raw push", "raw pull"] if raw else [])]
+    floor: list[float] = []
     try:
         layer_size = make_layout(work / "image", size)
+        index = json.loads((work / "image" / "index.json").read_text())
+        manifest = json.loads((work / "image" / "blobs" / "sha256" /
+                               index["manifests"][0]["digest"][7:]).read_bytes())
+        layer_digest = manifest["layers"][0]["digest"]
+        layer_file = work / "image" / "blobs" / "sha256" / layer_digest[7:]
         procs["ketch"] = start_ketch(work)
         if os.path.exists(DOCKER_REGISTRY):
             procs["distribution"] = start_distribution(work)
         times: dict[str, dict[str, list[float]]] = {
-            name: {"push": [], "pull": []} for name in procs}
+            name: {op: [] for op in ops} for name in procs}
         for run in range(args.runs):
             for name, (_, port) in procs.items():
                 ref = f"docker://127.0.0.1:{port}/bench/r{run}:t"
@@ -230,6 +361,20 @@ def main() -> None:
                 times[name]["pull"].append(skopeo(work, "copy", "--src-tls-verify=false",
                                                   ref, f"dir:{out}"))
                 shutil.rmtree(out, ignore_errors=True)
+                if raw:
+                    repo = f"raw/r{run}"
+                    times[name]["raw push"].append(raw_push(port, repo, layer_file,
+                                                            layer_digest))
+                    times[name]["raw pull"].append(raw_pull(port, repo, layer_digest))
+        if not args.no_floor:
+            discard = DiscardRegistry()
+            try:
+                for run in range(args.runs):
+                    floor.append(skopeo(work, "copy", "--dest-tls-verify=false",
+                                        f"oci:{work / 'image'}:t",
+                                        f"docker://127.0.0.1:{discard.port}/floor/r{run}:t"))
+            finally:
+                discard.close()
         base = {"disk write+fsync": disk_seconds(work, size),
                 "loopback TCP": loopback_seconds(size)}
     finally:
@@ -239,20 +384,26 @@ def main() -> None:
     mb = layer_size / 1e6
     if args.json:
         print(json.dumps({"layer_bytes": layer_size, "runs": args.runs, "seconds": times,
+                          "skopeo_push_floor_seconds": floor,
                           "baseline_seconds": base}, indent=2))
         return
-    print(f"layer {mb:.1f} MB, {args.runs} runs, skopeo {subprocess.run(['skopeo', '--version'], capture_output=True, text=True).stdout.split()[-1]}")  # noqa: E501
-    print(f"{'op':6} {'registry':13} {'median s (p10-p90)':>24} {'MB/s':>8}")
-    for op in ("push", "pull"):
+    version = subprocess.run(["skopeo", "--version"], capture_output=True,
+                             text=True).stdout.split()[-1]
+    print(f"layer {mb:.1f} MB, {args.runs} runs, skopeo {version}")
+    print(f"{'op':9} {'registry':13} {'median s (p10-p90)':>24} {'MB/s':>8}")
+    for op in ops:
         for name in procs:
             vals = times[name][op]
-            print(f"{op:6} {name:13} {summary(vals):>24} {mb / statistics.median(vals):8.0f}")
+            print(f"{op:9} {name:13} {summary(vals):>24} {mb / statistics.median(vals):8.0f}")
         if "distribution" in procs:
             ratio = statistics.median(times["distribution"][op]) / \
                 statistics.median(times["ketch"][op])
-            print(f"{op:6} {'ketch speedup':13} {ratio:>23.2f}x")
+            print(f"{op:9} {'ketch speedup':13} {ratio:>23.2f}x")
+    if floor:
+        print(f"{'push':9} {'client floor':13} {summary(floor):>24} "
+              f"{mb / statistics.median(floor):8.0f}   (skopeo to a discarding server)")
     for what, seconds in base.items():
-        print(f"{what:20} {seconds:8.3f} s {size / 1e6 / seconds:8.0f} MB/s")
+        print(f"{what:23} {seconds:8.3f} s {size / 1e6 / seconds:8.0f} MB/s")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ Lifecycle of one connection::
 Streamed request bodies: when the server's ``stream_body(request)`` predicate says so,
 the body is *not* read before the handler; ``request.stream`` (a ``BodyStream``) hands
 it over piece by piece instead (a registry writes a 100 MB blob straight to storage
-while hashing it). ``100 Continue`` is sent on the handler's first read. When the handler
-returns, what it left unread is drained if small; otherwise (or if the client is still
-waiting for ``100 Continue``) the response carries ``Connection: close``. A framing or
-size error met while the handler reads answers 400/413 and closes, as for buffered
-bodies.
+while hashing it), read from the socket straight into the handler's buffers.
+``100 Continue`` is sent on the handler's first read. When the handler returns, what
+it left unread is drained if small; otherwise (or if the client is still waiting for
+``100 Continue``) the response carries ``Connection: close``. A framing or size error
+met while the handler reads answers 400/413 and closes, as for buffered bodies. Body
+framing and ``FileBody`` live in ``ketch.httpbody``, ``BodyStream`` in ``ketch.httpstream``;
+they are re-exported here.
 
 HEAD requests get the GET head (with its Content-Length) and no body. A request
 that cannot be parsed gets 400 (431 for an oversized head, 413 for an oversized
@@ -39,13 +41,15 @@ import email.utils
 import io
 import json
 import logging
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from ketch.httpbody import BadRequest, FileBody, Limits, read_body, send_file
+from ketch.httpstream import BodyStream
 
 __all__ = [
     "BadRequest",
@@ -65,24 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Hijacker = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class BadRequest(Exception):
-    """The bytes on the wire are not an HTTP/1.x request we accept; carries the status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-request limits. Go's net/http defaults to a 1 MiB head, so clients fit in it."""
-
-    max_header_bytes: int = 1 << 20
-    max_body_bytes: int = 1 << 40  # tarballs (load, import, cp) are spooled to disk
-    spool_bytes: int = 8 << 20  # bodies larger than this go to a temp file, not memory
-    max_headers: int = 200
 
 
 class Headers:
@@ -158,17 +144,6 @@ class Request:
 
 
 @dataclass(slots=True)
-class FileBody:
-    """A response body of ``count`` bytes of ``file`` from ``offset``, sent with
-    ``sendfile(2)`` when ``file`` has a descriptor and the socket is plain TCP/unix
-    (else read and written in large pieces). The server closes ``file`` afterwards."""
-
-    file: BinaryIO
-    offset: int
-    count: int
-
-
-@dataclass(slots=True)
 class Response:
     """What a handler returns.
 
@@ -209,6 +184,7 @@ def upgrade_response(request: Request, hijack: Hijacker, *,
     return Response(200, headers, hijack=hijack)
 
 
+_DEFAULT_LIMITS = Limits()
 _HANGUP_POLL = 0.25  # seconds between checks for a client gone during a streamed body
 
 _REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
@@ -236,7 +212,7 @@ _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def parse_head(data: bytes, limits: Limits = Limits()) -> Request:
+def parse_head(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> Request:
     """Parse a request line and header fields (``data`` ends with CRLF CRLF)."""
     try:
         text = data.decode("latin-1")
@@ -273,235 +249,10 @@ def parse_head(data: bytes, limits: Limits = Limits()) -> Request:
     return Request(method, target, version, Headers(fields))
 
 
-class _Sink:
-    """Collects a body in memory, moving it to an unnamed temp file past ``limits.spool_bytes``."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.mem = bytearray()
-        self.file: IO[bytes] | None = None
-        self.size = 0
-
-    def add(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limits.max_body_bytes:
-            raise BadRequest(413, "request body too large")
-        if self.file is None and self.size > self.limits.spool_bytes:
-            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the Request
-            self.file.write(self.mem)
-            self.mem = bytearray()
-        if self.file is not None:
-            self.file.write(data)
-        else:
-            self.mem += data
-
-    def into(self, req: Request) -> None:
-        if self.file is not None:
-            req.spool = self.file
-        else:
-            req.body = bytes(self.mem)
-
-
-async def _read_chunked(reader: asyncio.StreamReader, sink: _Sink) -> None:
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        size_text = line[:-2].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadRequest(400, "malformed chunk size") from None
-        if size < 0:
-            raise BadRequest(400, "malformed chunk size")
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailer fields, ignored
-                pass
-            return
-        if sink.size + size > sink.limits.max_body_bytes:
-            raise BadRequest(413, "request body too large")
-        while size:
-            part = await reader.readexactly(min(size, 1 << 20))
-            sink.add(part)
-            size -= len(part)
-        if await reader.readexactly(2) != b"\r\n":
-            raise BadRequest(400, "malformed chunk terminator")
-
-
-async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    req: Request, limits: Limits) -> None:
-    """Read the body framed by Transfer-Encoding or Content-Length (RFC 9112 §6.3) into
-    ``req.body``, or into ``req.spool`` when it is larger than ``limits.spool_bytes``."""
-    te = req.headers.tokens("transfer-encoding")
-    cl_values = req.headers.get_all("content-length")
-    if te:
-        if te != {"chunked"}:
-            raise BadRequest(501, f"unsupported transfer coding {sorted(te)}")
-        if cl_values:
-            raise BadRequest(400, "both Content-Length and Transfer-Encoding")
-        await _continue(writer, req)
-        sink = _Sink(limits)
-        await _read_chunked(reader, sink)
-        sink.into(req)
-        return
-    if not cl_values:
-        return
-    if len(set(cl_values)) != 1 or not cl_values[0].isdigit():
-        raise BadRequest(400, "malformed Content-Length")
-    length = int(cl_values[0])
-    if length > limits.max_body_bytes:
-        raise BadRequest(413, "request body too large")
-    if length == 0:
-        return
-    await _continue(writer, req)
-    if length <= limits.spool_bytes:
-        req.body = await reader.readexactly(length)
-        return
-    sink = _Sink(limits)
-    while length:
-        part = await reader.readexactly(min(length, 1 << 20))
-        sink.add(part)
-        length -= len(part)
-    sink.into(req)
-
-
-_DRAIN_LIMIT = 256 << 10  # unread body bytes drained to keep a connection; more → close
-
-
-class BodyStream:
-    """A request body read on demand, framed by Content-Length or chunked coding.
-
-    ``read(n)`` returns 1..n bytes, or ``b""`` once the body is complete; ``readall``
-    the rest at once. ``length`` is the declared Content-Length (None when chunked),
-    ``received`` the bytes handed out so far, ``done`` whether the end was reached.
-    Framing errors and bodies past ``max_body_bytes`` raise ``BadRequest``; a client
-    that hangs up mid-body raises ``asyncio.IncompleteReadError``.
-    """
-
-    __slots__ = ("_chunk_left", "_continued", "_left", "_limits", "_reader", "_req",
-                 "_writer", "done", "length", "received")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 req: Request, limits: Limits) -> None:
-        self._reader, self._writer, self._req, self._limits = reader, writer, req, limits
-        self.received = 0
-        self._continued = False
-        self._chunk_left = 0  # chunked: bytes left in the current chunk
-        te = req.headers.tokens("transfer-encoding")
-        cl_values = req.headers.get_all("content-length")
-        self.length: int | None
-        if te:
-            if te != {"chunked"}:
-                raise BadRequest(501, f"unsupported transfer coding {sorted(te)}")
-            if cl_values:
-                raise BadRequest(400, "both Content-Length and Transfer-Encoding")
-            self.length, self._left = None, -1
-        else:
-            if cl_values and (len(set(cl_values)) != 1 or not cl_values[0].isdigit()):
-                raise BadRequest(400, "malformed Content-Length")
-            self.length = int(cl_values[0]) if cl_values else 0
-            if self.length > limits.max_body_bytes:
-                raise BadRequest(413, "request body too large")
-            self._left = self.length
-        self.done = self._left == 0
-
-    @property
-    def awaiting_continue(self) -> bool:
-        """The client asked for ``100 Continue`` and has not been sent it yet."""
-        return (not self._continued and self._req.version == "HTTP/1.1"
-                and "100-continue" in self._req.headers.tokens("expect"))
-
-    async def read(self, n: int = 1 << 20) -> bytes:
-        if self.done or n <= 0:
-            return b""
-        if not self._continued:
-            self._continued = True
-            await _continue(self._writer, self._req)
-        if self.length is not None:
-            data = await self._reader.read(min(n, self._left))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", self._left)
-            self._left -= len(data)
-            self.done = self._left == 0
-        else:
-            if self._chunk_left == 0 and not await self._next_chunk():
-                return b""
-            data = await self._reader.read(min(n, self._chunk_left))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", self._chunk_left)
-            self._chunk_left -= len(data)
-            if self._chunk_left == 0 and await self._reader.readexactly(2) != b"\r\n":
-                raise BadRequest(400, "malformed chunk terminator")
-        self.received += len(data)
-        return data
-
-    async def _next_chunk(self) -> bool:
-        line = await self._readline()
-        size_text = line[:-2].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadRequest(400, "malformed chunk size") from None
-        if size < 0:
-            raise BadRequest(400, "malformed chunk size")
-        if size == 0:
-            while (await self._readline()) != b"\r\n":  # trailer fields, ignored
-                pass
-            self.done = True
-            return False
-        if self.received + size > self._limits.max_body_bytes:
-            raise BadRequest(413, "request body too large")
-        self._chunk_left = size
-        return True
-
-    async def _readline(self) -> bytes:
-        try:
-            return await self._reader.readuntil(b"\r\n")
-        except (asyncio.LimitOverrunError, ValueError):
-            raise BadRequest(400, "malformed chunked body") from None
-
-    async def readall(self, limit: int | None = None) -> bytes:
-        """The rest of the body; ``BadRequest(413)`` once it passes ``limit`` bytes."""
-        if self.length is not None and limit is not None and self.length > limit:
-            raise BadRequest(413, "request body too large")
-        parts: list[bytes] = []
-        total = 0
-        while data := await self.read():
-            total += len(data)
-            if limit is not None and total > limit:
-                raise BadRequest(413, "request body too large")
-            parts.append(data)
-        return b"".join(parts)
-
-    async def finish(self) -> bool:
-        """After the handler: drain a small unread rest; False when the connection
-        cannot carry another request (too much left, a broken body, or a client still
-        waiting for 100 Continue)."""
-        if self.done:
-            return True
-        if self.awaiting_continue:
-            return False
-        if self.length is not None and self._left > _DRAIN_LIMIT:
-            return False
-        try:
-            drained = 0
-            while data := await self.read(_DRAIN_LIMIT):
-                drained += len(data)
-                if drained > _DRAIN_LIMIT:
-                    return False
-        except (BadRequest, asyncio.IncompleteReadError, ConnectionError):
-            return False
-        return True
-
-
-async def _continue(writer: asyncio.StreamWriter, req: Request) -> None:
-    if req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect"):
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        await writer.drain()
-
-
 class HTTPServer:
     """Serves ``handler`` on every accepted connection; tracks them for shutdown."""
 
-    def __init__(self, handler: Handler, *, limits: Limits = Limits(),
+    def __init__(self, handler: Handler, *, limits: Limits = _DEFAULT_LIMITS,
                  server_header: str | None = None,
                  stream_body: Callable[[Request], bool] | None = None) -> None:
         self.handler = handler
@@ -596,6 +347,7 @@ class HTTPServer:
                     log.exception("unhandled error in %s %s", req.method, req.path)
                     resp = _internal_error()
                 else:  # the streamed body broke its framing or limit mid-handler
+                    req.stream.release()
                     await self._write_error(writer, e)
                     await _linger(reader, writer)
                     return
@@ -604,6 +356,7 @@ class HTTPServer:
                     log.exception("unhandled error in %s %s", req.method, req.path)
                     resp = _internal_error()
                 else:  # the client went away while sending its body
+                    req.stream.release()
                     return
             except Exception:
                 log.exception("unhandled error in %s %s", req.method, req.path)
@@ -715,7 +468,6 @@ class HTTPServer:
             await writer.drain()
         return keep
 
-
     async def _write_file(self, writer: asyncio.StreamWriter, status: int,
                           headers: list[tuple[str, str]], body: FileBody, no_body: bool,
                           keep: bool) -> bool:
@@ -726,13 +478,10 @@ class HTTPServer:
             if not keep:
                 headers.append(("Connection", "close"))
             writer.write(self._head(status, headers))
-            await writer.drain()
-            if not no_body and body.count > 0:
-                loop = asyncio.get_running_loop()
-                sent = await loop.sendfile(writer.transport, body.file, body.offset,
-                                           body.count)
-                if sent != body.count:  # the file shrank under us: the framing is broken
-                    raise ConnectionResetError(f"short file body ({sent} of {body.count})")
+            if not no_body:
+                await send_file(writer, body)  # waits for the head to be flushed first
+            else:
+                await writer.drain()
         finally:
             body.file.close()
         return keep

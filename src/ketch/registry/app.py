@@ -11,7 +11,12 @@ below, so a repository called ``x/blobs`` still works)::
     GET PATCH PUT DELETE /v2/<name>/blobs/uploads/<id>   upload status / chunk / finish / cancel
     GET HEAD DELETE      /v2/<name>/blobs/<digest>       blobs
     GET            /v2/<name>/referrers/<digest>         referrers index
-    GET            /health, /metrics
+    GET            /health, /metrics                     (no auth)
+    GET POST       /token                                the built-in token server
+
+Every ``/v2/`` request passes the ``Authorizer`` first (``ketch.registry.auth``): 401
+``UNAUTHORIZED`` with a ``WWW-Authenticate`` challenge, or 403 ``DENIED``, before any
+handler or storage is touched.
 
 Every response carries ``Docker-Distribution-API-Version: registry/2.0``. A
 ``RegistryError`` becomes its status and the spec's JSON body; anything unexpected is
@@ -23,12 +28,14 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ketch.errors import InvalidArgument, NotFound
 from ketch.httpserver import BadRequest, FileBody, HTTPServer, Limits, Request, Response
+from ketch.registry.auth import Authorizer, NoAuth, Scope, TokenIssuer, needed_scopes
 from ketch.registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -47,6 +54,7 @@ from ketch.registry.handlers import (
     uploads,
 )
 from ketch.registry.metrics import Metrics
+from ketch.registry.notify import Notifier
 from ketch.registry.repository import Registry
 from ketch.registry.storage import StorageDriver
 
@@ -56,23 +64,26 @@ log = logging.getLogger(__name__)
 
 RouteHandler = Callable[..., Awaitable[Response]]
 
-_ROUTES: list[tuple[re.Pattern[str], dict[str, RouteHandler]]] = [
-    (re.compile(r"/v2/?"), {"GET": base.version_check}),
-    (re.compile(r"/v2/_catalog"), {"GET": discovery.catalog}),
-    (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": discovery.tags_list}),
+# (pattern, methods, kind): ``kind`` says which access a request needs (``auth.needed_scopes``);
+# ``open`` routes need none, ``token`` is the built-in token server.
+_ROUTES: list[tuple[re.Pattern[str], dict[str, RouteHandler], str]] = [
+    (re.compile(r"/v2/?"), {"GET": base.version_check}, "base"),
+    (re.compile(r"/v2/_catalog"), {"GET": discovery.catalog}, "catalog"),
+    (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": discovery.tags_list}, "repo"),
     (re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
      {"GET": manifests.get_manifest, "HEAD": manifests.get_manifest,
-      "PUT": manifests.put_manifest, "DELETE": manifests.delete_manifest}),
-    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": uploads.start_upload}),
+      "PUT": manifests.put_manifest, "DELETE": manifests.delete_manifest}, "repo"),
+    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": uploads.start_upload}, "upload"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)"),
      {"GET": uploads.upload_status, "PATCH": uploads.patch_upload,
-      "PUT": uploads.finish_upload, "DELETE": uploads.cancel_upload}),
+      "PUT": uploads.finish_upload, "DELETE": uploads.cancel_upload}, "upload"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"),
-     {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob}),
+     {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob}, "repo"),
     (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"),
-     {"GET": discovery.referrers}),
-    (re.compile(r"/health"), {"GET": base.health, "HEAD": base.health}),
-    (re.compile(r"/metrics"), {"GET": base.metrics}),
+     {"GET": discovery.referrers}, "repo"),
+    (re.compile(r"/health"), {"GET": base.health, "HEAD": base.health}, "open"),
+    (re.compile(r"/metrics"), {"GET": base.metrics}, "open"),
+    (re.compile(r"/token"), {"GET": base.version_check, "POST": base.version_check}, "token"),
 ]
 
 
@@ -84,19 +95,35 @@ def _error_response(errors: list[RegistryError], status: int) -> Response:
 
 
 class RegistryApp:
-    """The ``Handler`` for ``ketch.httpserver.HTTPServer``; see the module docstring."""
+    """The ``Handler`` for ``ketch.httpserver.HTTPServer``; see the module docstring.
+
+    ``authorizer`` checks every ``/v2/`` request (default: ``NoAuth``); the user it
+    names is put in ``req.params["user"]`` for notifications. ``token_issuer`` serves
+    ``/token`` (absent: 404). ``notifier`` receives push/delete events; ``close()``
+    stops it after the worker pool.
+    """
 
     def __init__(self, registry: Registry, *, workers: int = 16,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, authorizer: Authorizer | None = None,
+                 token_issuer: TokenIssuer | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="registry-io")
-        self.ctx = Context(registry, self.executor, metrics or Metrics())
+        self.ctx = Context(registry, self.executor, metrics or Metrics(), notifier,
+                           {"instanceID": secrets.token_hex(8)})
+        self.authorizer: Authorizer = authorizer or NoAuth()
+        self.token_issuer = token_issuer
 
     @classmethod
-    def on(cls, driver: StorageDriver, **registry_opts: Any) -> RegistryApp:
-        return cls(Registry(driver, **registry_opts))
+    def on(cls, driver: StorageDriver, *, authorizer: Authorizer | None = None,
+           token_issuer: TokenIssuer | None = None, notifier: Notifier | None = None,
+           **registry_opts: Any) -> RegistryApp:
+        return cls(Registry(driver, **registry_opts), authorizer=authorizer,
+                   token_issuer=token_issuer, notifier=notifier)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        if self.ctx.notifier is not None:
+            self.ctx.notifier.close()
 
     @staticmethod
     def stream_body(req: Request) -> bool:
@@ -125,7 +152,7 @@ class RegistryApp:
         return resp
 
     async def _dispatch(self, req: Request) -> Response:
-        for pattern, methods in _ROUTES:
+        for pattern, methods, kind in _ROUTES:
             m = pattern.fullmatch(req.path)
             if m is None:
                 continue
@@ -133,8 +160,28 @@ class RegistryApp:
             if handler is None:
                 raise Unsupported(f"method {req.method} not allowed on {req.path[:200]}",
                                   headers=[("Allow", ", ".join(methods))])
+            if kind == "token":
+                if self.token_issuer is None:
+                    break
+                return await self.token_issuer.handle(req, self.ctx.run)
+            if kind != "open":
+                await self._authorize(req, kind, m.groupdict().get("name"))
             return await handler(self.ctx, req, **m.groupdict())
         return Response(404, [("Content-Type", "text/plain")], b"404 page not found\n")
+
+    async def _authorize(self, req: Request, kind: str, name: str | None) -> None:
+        grant = await self.authorizer.authorize(req, needed_scopes(kind, req.method, name),
+                                                self.ctx.run)
+        req.params["request_id"] = secrets.token_hex(8)
+        if grant.user is not None:
+            req.params["user"] = grant.user
+        source = req.arg("from")
+        if kind == "upload" and req.arg("mount") and source and source != name and \
+                not grant.allows(Scope.repo(source, "pull")):
+            # Mounting from a repository the caller cannot read would leak its blobs:
+            # start a plain upload instead, as a registry that cannot mount does.
+            req.query.pop("mount", None)
+            req.query.pop("from", None)
 
     def _observe(self, req: Request, resp: Response) -> None:
         received = req.stream.received if req.stream is not None else len(req.body)

@@ -5,6 +5,8 @@
     blobs/
       <alg>/<hex[:2]>/<hex>/data            the bytes of every blob and manifest, once,
                                             shared by all repositories
+      <alg>/<hex[:2]>/<hex>/sweeping        present while GC is deciding whether to delete
+                                            the blob (JSON: run id, time); see ``gc``
     repositories/
       <name…>/                              one directory per name component
         _layers/<alg>/<hex>/link            "this repository may serve blob <alg>:<hex>"
@@ -13,6 +15,7 @@
           revisions/<alg>/<hex>/link        a manifest of this repository; content: its
                                             descriptor JSON (mediaType, digest, size,
                                             artifactType, annotations)
+          revisions/<alg>/<hex>/sweeping    GC is deciding whether to remove it (untagged)
           tags/<tag>/link                   tag → manifest digest
         _referrers/<alg>/<hex>/             manifests whose ``subject`` is <alg>:<hex>:
           <ralg>/<rhex>/link                the referrer's descriptor JSON
@@ -25,6 +28,12 @@ with a nested repository (``a`` and ``a/b`` can both exist). A blob is *in* a re
 when its ``_layers`` link (or, for a manifest, its revision link) exists; the shared
 ``data`` file is removed only by garbage collection. Deleting a tag removes only its
 ``tags/<tag>`` directory.
+
+A ``sweeping`` file is garbage collection's *intent to delete*, written before GC
+re-checks whether anything still references the object; a manifest PUT writes its own
+intent (revision link, tag) before it re-checks the objects it references and waits while
+a ``sweeping`` file is fresh. The protocol, and why one of the two always sees the other,
+is in ``ketch.registry.gc``.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ from ketch.oci.digest import Digest
 __all__ = [
     "BLOBS",
     "REPOSITORIES",
+    "SWEEPING",
     "blob_data",
     "blob_dir",
+    "blob_sweeping",
     "layer_link",
     "layers_dir",
     "manifests_dir",
@@ -44,6 +55,7 @@ __all__ = [
     "repo_dir",
     "revision_dir",
     "revision_link",
+    "revision_sweeping",
     "revisions_dir",
     "tag_dir",
     "tag_link",
@@ -56,6 +68,7 @@ __all__ = [
 
 BLOBS = "blobs"
 REPOSITORIES = "repositories"
+SWEEPING = "sweeping"
 
 
 def blob_dir(d: Digest) -> str:
@@ -64,6 +77,10 @@ def blob_dir(d: Digest) -> str:
 
 def blob_data(d: Digest) -> str:
     return f"{blob_dir(d)}/data"
+
+
+def blob_sweeping(d: Digest) -> str:
+    return f"{blob_dir(d)}/{SWEEPING}"
 
 
 def repo_dir(name: str) -> str:
@@ -92,6 +109,10 @@ def revision_dir(name: str, d: Digest) -> str:
 
 def revision_link(name: str, d: Digest) -> str:
     return f"{revision_dir(name, d)}/link"
+
+
+def revision_sweeping(name: str, d: Digest) -> str:
+    return f"{revision_dir(name, d)}/{SWEEPING}"
 
 
 def tags_dir(name: str) -> str:

@@ -45,7 +45,8 @@ from ketch.registry.errors import (
     RegistryError,
     SizeInvalid,
 )
-from ketch.registry.manifest import ParsedManifest, parse_manifest
+from ketch.registry.gc import wait_settled
+from ketch.registry.manifest import BlobRef, ParsedManifest, parse_manifest
 from ketch.registry.storage import FileWriter, PathNotFound, StorageDriver
 
 __all__ = ["Descriptor", "PutManifestResult", "Registry"]
@@ -83,6 +84,9 @@ class Descriptor:
 class PutManifestResult:
     digest: Digest
     subject: Digest | None
+    media_type: str = ""
+    size: int = 0
+    tags: tuple[str, ...] = ()
 
 
 class _Hashers:
@@ -290,8 +294,17 @@ class Registry:
                 from None
 
     def put_manifest(self, name: str, reference: Digest | str, content_type: str | None,
-                     body: bytes) -> PutManifestResult:
-        """Check and store a manifest, tag it when ``reference`` is a tag."""
+                     body: bytes, tags: tuple[str, ...] = ()) -> PutManifestResult:
+        """Check and store a manifest; tag it when ``reference`` is a tag, and with
+        each of ``tags`` (the ``?tag=`` parameters of a PUT by digest).
+
+        Order: data → referrer entry → revision link → tags → *confirm*. Confirming
+        re-checks, after this push's own links exist, that every blob and child manifest
+        it references is still there and not being swept by a concurrent GC (waiting
+        while a fresh ``sweeping`` mark says GC is deciding). If GC removed one, the
+        links just written are taken back and the push fails with
+        ``MANIFEST_BLOB_UNKNOWN``: no manifest is ever left pointing at a deleted blob.
+        """
         if len(body) > self.max_manifest_bytes:
             raise SizeInvalid(f"manifest larger than {self.max_manifest_bytes} bytes",
                               status=413)
@@ -302,6 +315,8 @@ class Registry:
         digest = hasher.digest()
         if isinstance(reference, Digest) and digest != reference:
             raise DigestInvalid(detail={"digest": str(reference), "actual": str(digest)})
+        all_tags = tuple(dict.fromkeys(((reference,) if isinstance(reference, str) else ())
+                                       + tags))
         self._check_references(name, parsed)
         desc = Descriptor(parsed.media_type, digest, len(body), parsed.artifact_type,
                           parsed.annotations)
@@ -312,9 +327,59 @@ class Registry:
             self.driver.put_content(
                 layout.referrer_link(name, parsed.subject.digest, digest), raw)
         self.driver.put_content(layout.revision_link(name, digest), raw)
-        if isinstance(reference, str):
-            self.driver.put_content(layout.tag_link(name, reference), str(digest).encode())
-        return PutManifestResult(digest, parsed.subject.digest if parsed.subject else None)
+        for tag in all_tags:
+            self.driver.put_content(layout.tag_link(name, tag), str(digest).encode())
+        missing = self._confirm(name, parsed, digest, body)
+        if missing:
+            self._take_back(name, parsed, digest, all_tags)
+            errors: list[RegistryError] = [ManifestBlobUnknown(detail={"digest": str(d)})
+                                           for d in missing]
+            if len(errors) == 1:
+                raise errors[0]
+            raise ErrorList(errors)
+        return PutManifestResult(digest, parsed.subject.digest if parsed.subject else None,
+                                 parsed.media_type, len(body), all_tags)
+
+    def _confirm(self, name: str, parsed: ParsedManifest, digest: Digest,
+                 body: bytes) -> list[Digest]:
+        """What this manifest needs that is gone now its links are written (see
+        ``put_manifest``); waits out GC decisions in progress. Its own bytes, if a GC
+        swept them before the revision existed, are simply written again: any GC that
+        looks from now on sees the revision."""
+        wait_settled(self.driver, layout.blob_sweeping(digest))
+        if not self._exists(layout.blob_data(digest)):
+            self.driver.put_content(layout.blob_data(digest), body)
+        missing: list[Digest] = []
+        for ref in parsed.blobs:
+            if ref.has_urls:
+                continue
+            wait_settled(self.driver, layout.blob_sweeping(ref.digest))
+            if not self._exists(layout.blob_data(ref.digest)):
+                missing.append(ref.digest)
+        for child in [*parsed.children, BlobRef(digest, 0, "")]:
+            wait_settled(self.driver, layout.revision_sweeping(name, child.digest))
+            if not self._exists(layout.revision_link(name, child.digest)):
+                missing.append(child.digest)
+        return missing
+
+    def _take_back(self, name: str, parsed: ParsedManifest, digest: Digest,
+                   tags: tuple[str, ...]) -> None:
+        for tag in tags:
+            try:
+                if self.driver.get_content(layout.tag_link(name, tag)).decode().strip() \
+                        == str(digest):
+                    self.driver.delete(layout.tag_dir(name, tag))
+            except PathNotFound:
+                pass
+        paths = [layout.revision_dir(name, digest)]
+        if parsed.subject is not None:
+            paths.append(layout.referrer_link(name, parsed.subject.digest, digest)
+                         .rsplit("/", 1)[0])
+        for path in paths:
+            try:
+                self.driver.delete(path)
+            except PathNotFound:
+                pass
 
     def _check_references(self, name: str, parsed: ParsedManifest) -> None:
         errors: list[RegistryError] = []

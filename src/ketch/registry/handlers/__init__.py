@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ketch.httpserver import Response
+from ketch.httpserver import Request, Response
 from ketch.registry.metrics import Metrics
+from ketch.registry.notify import Notifier, make_event
 from ketch.registry.repository import Registry
 
 __all__ = ["API_VERSION_HEADER", "Context", "json_response"]
@@ -31,12 +32,27 @@ T = TypeVar("T")
 
 @dataclass
 class Context:
-    """What every handler gets: the data model, the worker pool, per-upload locks."""
+    """What every handler gets: the data model, the worker pool, per-upload locks,
+    and where events go (``notifier``; None: nowhere)."""
 
     registry: Registry
     executor: ThreadPoolExecutor
     metrics: Metrics = field(default_factory=Metrics)
+    notifier: Notifier | None = None
+    source: dict[str, str] = field(default_factory=dict)
     _upload_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def emit(self, req: Request, action: str, repository: str, **target: Any) -> None:
+        """Send a notification about ``req`` (never blocks; no-op without endpoints).
+        The actor is the user the app authorised (``req.params["user"]``)."""
+        if self.notifier is None:
+            return
+        request = {"id": req.params.get("request_id", ""), "method": req.method,
+                   "host": req.headers.get("host") or "",
+                   "useragent": req.headers.get("user-agent") or ""}
+        self.notifier.emit(make_event(action, repository=repository,
+                                      actor=req.params.get("user"), request=request,
+                                      source=self.source, **target))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the worker pool."""

@@ -8,10 +8,14 @@ ranges are answered with the whole blob (allowed by RFC 9110).
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from ketch.httpserver import FileBody, Request, Response
+from ketch.oci.digest import Digest
 from ketch.registry.errors import RangeInvalid
 from ketch.registry.handlers import Context
 from ketch.registry.names import check_name, parse_digest
+from ketch.registry.repository import Registry
 
 __all__ = ["delete_blob", "get_blob", "parse_range"]
 
@@ -43,17 +47,28 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+def _open(registry: Registry, name: str, d: Digest) -> tuple[int, BinaryIO]:
+    size = registry.blob_size(name, d)
+    return size, registry.open_blob(d)
+
+
 async def get_blob(ctx: Context, req: Request, name: str, digest: str) -> Response:
+    """HEAD: one storage round (the link and the size); GET: the same round also opens
+    the file, which the server then sends with sendfile(2) and closes."""
     check_name(name)
     d = parse_digest(digest)
-    size = await ctx.run(ctx.registry.blob_size, name, d)
     headers = [("Docker-Content-Digest", str(d)), ("Content-Type", "application/octet-stream"),
                ("Accept-Ranges", "bytes"), ("ETag", f'"{d}"'),
                ("Cache-Control", "max-age=31536000")]
     if req.method == "HEAD":
+        size = await ctx.run(ctx.registry.blob_size, name, d)
         return Response(200, [*headers, ("Content-Length", str(size))])
-    rng = parse_range(req.headers.get("range"), size)
-    f = await ctx.run(ctx.registry.open_blob, d)
+    size, f = await ctx.run(_open, ctx.registry, name, d)
+    try:
+        rng = parse_range(req.headers.get("range"), size)
+    except BaseException:
+        f.close()
+        raise
     if rng is None:
         return Response(200, headers, FileBody(f, 0, size))
     first, last = rng
