@@ -13,24 +13,23 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ketch.content import ContentStore
-from ketch.distribution.auth import Credentials
-from ketch.distribution.client import Registry
-from ketch.distribution.endpoint import DOCKER_HUB
-from ketch.distribution.platforms import parse_platform
-from ketch.distribution.transport import Transport
 from ketch.engine import layerstage
 from ketch.engine.events import EventBus
 from ketch.engine.image_core import ImageCore, familiar
-from ketch.engine.pull import Emit, Puller
-from ketch.engine.push import Pusher
 from ketch.errors import KetchError, NotFound
 from ketch.image import blobs, reference
 from ketch.image.store import ImageStore, host_platform
 from ketch.oci.descriptor import Platform
 from ketch.snapshot import Snapshotter
+
+if TYPE_CHECKING:  # the registry client is imported at the first pull, push or login:
+    # a daemon that never talks to a registry does not hold it in memory
+    from ketch.distribution.auth import Credentials
+    from ketch.distribution.transport import Transport
+    from ketch.engine.pull import Emit
 
 __all__ = ["ImageDistribution", "platform_of"]
 
@@ -43,7 +42,7 @@ class ImageDistribution(ImageCore):
     def __init__(self, store: ImageStore, content: ContentStore, snapshotter: Snapshotter,
                  events: EventBus) -> None:
         super().__init__(store, content, snapshotter, events)
-        self._transport = Transport()
+        self._transport_: Transport | None = None
         try:  # stage snapshots of a pull a dead daemon left behind
             gone = layerstage.sweep(snapshotter)
         except (KetchError, OSError) as e:
@@ -51,6 +50,17 @@ class ImageDistribution(ImageCore):
             gone = []
         if gone:
             log.info("removed %d snapshots of interrupted pulls", len(gone))
+
+    @property
+    def _transport(self) -> Transport:
+        """The shared connection pool, made at first use."""
+        if self._transport_ is None:
+            from ketch.distribution.transport import Transport
+
+            with self._mu:
+                if self._transport_ is None:
+                    self._transport_ = Transport()
+        return self._transport_
 
     def pull(self, image: str, tag: str | None = None, platform: str | None = None,
              auth: Credentials | None = None, emit: Emit | None = None
@@ -68,6 +78,9 @@ class ImageDistribution(ImageCore):
 
     def _pull(self, image: str, tag: str | None, platform: str | None,
               auth: Credentials | None, emit: Emit | None) -> builtins.list[dict[str, Any]]:
+        from ketch.distribution.client import Registry
+        from ketch.engine.pull import Puller
+
         ref = reference.normalize(image)
         if tag:
             ref = reference.normalize(f"{ref.name}@{tag}" if ":" in tag else f"{ref.name}:{tag}")
@@ -102,6 +115,9 @@ class ImageDistribution(ImageCore):
 
     def _push(self, name: str, tag: str | None, auth: Credentials | None,
               emit: Emit | None) -> builtins.list[dict[str, Any]]:
+        from ketch.distribution.client import Registry
+        from ketch.engine.push import Pusher
+
         ref = reference.normalize(name)
         repo = reference.Reference(ref.domain, ref.path)
         if tag:
@@ -129,6 +145,10 @@ class ImageDistribution(ImageCore):
     def login(self, username: str, password: str, server: str = "",
               identity_token: str = "") -> dict[str, str]:
         """``POST /auth``: check credentials against the registry (dockerd's answer)."""
+        from ketch.distribution.auth import Credentials
+        from ketch.distribution.client import Registry
+        from ketch.distribution.endpoint import DOCKER_HUB
+
         creds = Credentials(username, password, identity_token)
         try:
             Registry(server or DOCKER_HUB, creds, self._transport).login()
@@ -139,5 +159,7 @@ class ImageDistribution(ImageCore):
 
 def platform_of(text: str | None) -> Platform:
     """The platform a pull wants: ``os[/arch[/variant]]``, default this host."""
+    from ketch.distribution.platforms import parse_platform
+
     host = host_platform()
     return parse_platform(text, host) if text else host

@@ -42,7 +42,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
 
-from ketch.distribution.compression import decompressed
 from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound, Unavailable
 from ketch.image.layer import LayerResult, apply_layer
 from ketch.oci import mediatypes as mt
@@ -110,6 +109,8 @@ class _Readable(Protocol):
 def _decompressor(media_type: str, src: _Readable) -> _Readable:
     """The layer's tar stream: decompressed by its magic (gzip, zstd) in large steps,
     so ``apply_layer`` hashes only the tar; the blob's own digest is the ingest's."""
+    from ketch.distribution.compression import decompressed
+
     return decompressed(src)
 
 

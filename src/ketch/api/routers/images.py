@@ -26,15 +26,17 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import IO, Any, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from ketch.api import version
 from ketch.api.filters import parse_filters
 from ketch.api.httpstatus import json_response
 from ketch.api.router import Route
-from ketch.distribution.auth import Credentials, decode_registry_auth
 from ketch.errors import InvalidArgument, KetchError
 from ketch.httpserver import Request, Response
+
+if TYPE_CHECKING:  # the registry client loads with the first pull or push
+    from ketch.distribution.auth import Credentials
 
 __all__ = ["ImagesBackend", "ImagesRouter"]
 
@@ -296,6 +298,8 @@ class ImagesRouter:
         return Response(200, list(_JSON_STREAM), _message({"status": image_id}))
 
     async def _pull(self, request: Request, image: str) -> Response:
+        from ketch.distribution.auth import decode_registry_auth
+
         auth = decode_registry_auth(request.headers.get("X-Registry-Auth"))
         tag, platform = request.arg("tag") or None, request.arg("platform") or None
         body = await _stream(_progress(
@@ -303,6 +307,8 @@ class ImagesRouter:
         return Response(200, list(_JSON_STREAM), body)
 
     async def push(self, request: Request) -> Response:
+        from ketch.distribution.auth import decode_registry_auth
+
         auth = decode_registry_auth(request.headers.get("X-Registry-Auth"))
         name, tag = request.params["name"], request.arg("tag") or None
         body = await _stream(_progress(lambda emit: self.backend.push(name, tag, auth, emit)))
