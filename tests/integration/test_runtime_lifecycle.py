@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -385,3 +386,30 @@ def test_events_stream_stats_and_oom(ctl: Ctl, make_bundle: Callable[..., str],
     assert all(e["id"] == cid for e in events)
     # the stream ended by itself when the container stopped
     assert ctl.state(cid)["status"] == "stopped"
+
+
+def test_in_process_create_forks_pid1_directly_and_restores_our_pid_namespace(
+        make_bundle: Callable[..., str], cid: str, tmp_path: Path) -> None:
+    """The common case forks I straight from the caller (no intermediate): I is our
+    child and pid 1 of its namespace, and our own later children are in our namespace
+    (pid_for_children is ours again)."""
+    import signal
+
+    from ketch.runtime.container import Runtime
+
+    rt = Runtime(str(tmp_path / "rt"))
+    b = make_bundle(["/bin/sleep", "100"])
+    init = rt.create(cid, b)
+    try:
+        assert os.readlink("/proc/self/ns/pid_for_children") == os.readlink("/proc/self/ns/pid")
+        assert os.readlink(f"/proc/{init}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        with open(f"/proc/{init}/status") as f:
+            nspid = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
+        assert nspid == [str(init), "1"]
+        with open(f"/proc/{init}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    finally:
+        rt.kill(cid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(init, 0)
+        rt.delete(cid, force=True)

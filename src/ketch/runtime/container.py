@@ -244,8 +244,8 @@ class Runtime:
                     console_socket: str | None, foreground_console: bool,
                     on_console: Callable[[int], None] | None, no_pivot: bool,
                     preserve_fds: int, stdio: builtins.list[int | None]) -> int:
-        from ketch.runtime.init import Channel, CreateContext, init_child, preload
-        from ketch.sys.ns import NS_FLAGS
+        from ketch.runtime.init import Channel, CreateContext, init_child, init_direct, preload
+        from ketch.sys.ns import CLONE, NS_FLAGS
 
         preload(config, config.get("process") or {}, seccomp is not None)
         linux = config.get("linux") or {}
@@ -270,15 +270,25 @@ class Runtime:
             id=cd.id, join=join, new_flags=new_flags, no_pivot=no_pivot,
             preserve_fds=preserve_fds, rootfs=rootfs, seccomp=seccomp, userns=userns,
             stdio=stdio)
-        cpid = os.fork()
-        if cpid == 0:
-            parent.close()
-            init_child(ctx)
+        direct = (userns is None and not new_flags & CLONE.NEWTIME
+                  and not any(kind in ("pid", "user") for kind, _ in join))
+        if direct:
+            cpid = _fork_in_new_pidns(bool(new_flags & CLONE.NEWPID))
+            if cpid == 0:
+                parent.close()
+                init_direct(ctx)
+        else:
+            cpid = os.fork()
+            if cpid == 0:
+                parent.close()
+                init_child(ctx)
         child.close()
         if console is not None:
             console.close()
         chan = Channel(parent)
         init_pid = 0
+        if direct:  # the child is I itself
+            init_pid, cpid = cpid, 0
         ready = hooks_pending = False
         try:
             # C's "pid" and I's messages share the channel and may arrive in either order.
@@ -563,3 +573,33 @@ class Runtime:
 
 if TYPE_CHECKING:  # mypy proves the library fits the seam the engine uses
     _seam: OCIRuntime = Runtime()
+
+
+def _fork_in_new_pidns(new_pid_ns: bool) -> int:
+    """fork(); with ``new_pid_ns`` the child is pid 1 of a new pid namespace. Only the
+    child is in it: by the time this returns in the parent, the parent's later children
+    are back in the parent's own pid namespace (the child never runs that part)."""
+    if not new_pid_ns:
+        return os.fork()
+    from ketch.sys.ns import CLONE, setns, unshare
+
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare(CLONE.NEWPID)
+    except BaseException:
+        os.close(own)
+        raise
+    try:
+        pid = os.fork()
+    except BaseException:
+        setns(own, CLONE.NEWPID)
+        os.close(own)
+        raise
+    if pid == 0:
+        os.close(own)
+        return 0
+    try:
+        setns(own, CLONE.NEWPID)
+    finally:
+        os.close(own)
+    return pid
