@@ -14,8 +14,11 @@ Lifecycle of a sandboxed container, on every start::
     prepare(svc, c)   (thread, before the bundle is written) make the sandbox, take the
                       addresses from IPAM, write /etc/hosts and /etc/resolv.conf; returns
                       the namespace path the runtime spec joins
-    plug(svc, c)      (async, while the supervisor creates the container) the drivers'
-                      joins (veth pairs), published ports, the embedded DNS
+    join_all(svc, c)  (thread, right after prepare, while the rootfs mounts and the
+                      supervisor creates the container) the drivers' joins (veth
+                      pairs) and the published ports
+    plug(svc, c, j)   (async, while the supervisor creates the container) waits for
+                      ``join_all`` (or runs it), then the embedded DNS
     release(svc, c)   (thread, at exit, failed start or removal; idempotent) the reverse
 
 An endpoint's record lives in the container (``c.endpoints``, by network name) so that a
@@ -70,6 +73,7 @@ __all__ = [
     "container_ips",
     "disconnect",
     "etc_files",
+    "join_all",
     "mapping_of",
     "networks_view",
     "plan",
@@ -258,8 +262,8 @@ def _allocate(net: NetContext, rec: NetworkRecord, cfg: Mapping[str, Any],
     }
 
 
-def _join_all(svc: ContainerService, c: Container) -> None:
-    """The drivers' joins and the published ports (thread)."""
+def join_all(svc: ContainerService, c: Container) -> None:
+    """The drivers' joins and the published ports (thread; after :func:`prepare`)."""
     net = svc.net
     assert net is not None
     from ketch.engine.networks import Endpoint
@@ -348,11 +352,17 @@ def mapping_of(d: Mapping[str, Any]) -> PortMapping:
                        int(d["container_port"]), d["bridge"])
 
 
-async def plug(svc: ContainerService, c: Container) -> None:
-    """Joins and ports (in a thread), then the embedded DNS for user-defined networks."""
+async def plug(svc: ContainerService, c: Container,
+               joined: concurrent.futures.Future[Any] | None = None) -> None:
+    """Joins and ports (``joined``: already under way in a thread, see
+    ``setup.prepare_start``; else run here in a thread), then the embedded DNS for
+    user-defined networks."""
+    if joined is not None:
+        await asyncio.wrap_future(joined)
     if not c.sandbox or svc.net is None:
         return
-    await asyncio.to_thread(_join_all, svc, c)
+    if joined is None:
+        await asyncio.to_thread(join_all, svc, c)
     await _serve_dns(svc, c)
 
 
@@ -465,7 +475,7 @@ async def connect(svc: ContainerService, c: Container, ref: str,
         def join() -> None:
             c.endpoints[rec.name] = _allocate(net, rec, cfg, len(c.endpoints))
             try:
-                _join_all(svc, c)
+                join_all(svc, c)
             except BaseException:
                 _release_endpoint(net, c, rec.name, c.endpoints.pop(rec.name))
                 raise

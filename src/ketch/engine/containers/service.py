@@ -271,7 +271,7 @@ class ContainerService:
         from ketch.engine.supervisor import SpawnRequest
 
         assert self.zygote is not None
-        bundle, _spec = await asyncio.to_thread(setup.prepare_start, self, c)
+        bundle, _spec, joined = await asyncio.to_thread(setup.prepare_start, self, c)
         lc = c.host_config.get("LogConfig") or {}
         req = SpawnRequest(
             id=c.id, bundle=bundle, state_dir=bundle,
@@ -284,9 +284,10 @@ class ContainerService:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(bundle, stale))
         spawn = asyncio.ensure_future(self.zygote.aspawn(req))
-        # The network's kernel side (veths, ports, DNS) is made while the supervisor
-        # creates the container: the runtime only needs the namespace to exist.
-        plug = asyncio.ensure_future(network.plug(self, c)) if c.sandbox else None
+        # The network's kernel side (veths and ports, under way since the namespace was
+        # made; then the DNS) lands while the supervisor creates the container: the
+        # runtime only needs the namespace to exist.
+        plug = asyncio.ensure_future(network.plug(self, c, joined))
         try:
             res = await asyncio.shield(spawn)
         except asyncio.CancelledError:

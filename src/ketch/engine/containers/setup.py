@@ -60,18 +60,35 @@ def convert(svc: ContainerService, c: Container, rootfs: str, image_cfg: Mapping
         hostname_file=None if uts_host else os.path.join(d, "hostname"))
 
 
-def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, Any]]:
-    """Mount the rootfs and volumes, write the bundle; returns (bundle, OCI spec).
+def prepare_start(svc: ContainerService, c: Container
+                  ) -> tuple[str, dict[str, Any], concurrent.futures.Future[None]]:
+    """Mount the rootfs and volumes, write the bundle; returns (bundle, OCI spec, the
+    network's joins under way).
 
-    The network's part (:func:`network.prepare`: addresses, /etc files, and a new
-    network namespace, which takes the kernel milliseconds to make) runs on another
-    thread meanwhile; it touches the container's network fields alone."""
+    The network's part runs on another thread meanwhile: :func:`network.prepare`
+    (addresses, /etc files, and a new network namespace, which takes the kernel
+    milliseconds to make), whose namespace path the spec needs, then
+    :func:`network.join_all` (veths, published ports), which the returned future
+    tracks so the caller can let it overlap the supervisor's create. Both touch the
+    container's network fields alone."""
     from ketch.snapshot import mount_all
 
     bundle = svc.bundle_dir(c)
     rootfs = svc.rootfs_dir(c)
     etc_paths(svc, c)  # before the network's thread saves the record
-    net = _prep_pool().submit(network.prepare, svc, c)
+    prepared: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+
+    def network_part() -> None:
+        try:
+            path = network.prepare(svc, c)
+        except BaseException as e:
+            prepared.set_exception(e)
+            raise
+        prepared.set_result(path)
+        if c.sandbox:
+            network.join_all(svc, c)
+
+    net = _prep_pool().submit(network_part)
     try:
         os.makedirs(rootfs, 0o711, exist_ok=True)
         if not os.path.ismount(rootfs):
@@ -80,7 +97,7 @@ def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, A
             if image_exists(svc, c.image_id) else {}
         write_etc(svc, c, network_files=not network.sandboxed(c))
         conv = convert(svc, c, rootfs, image_cfg)
-        netns_path = net.result()  # records the sandbox and its addresses
+        netns_path = prepared.result()  # records the sandbox and its addresses
         spec = conv.spec
         if netns_path is not None:
             for ns in spec["linux"]["namespaces"]:
@@ -104,7 +121,7 @@ def prepare_start(svc: ContainerService, c: Container) -> tuple[str, dict[str, A
         concurrent.futures.wait([net])  # landed (or failed and undone itself) first
         unmount(svc, c)
         raise
-    return bundle, spec
+    return bundle, spec, net
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
