@@ -176,7 +176,8 @@ class MetadataStore:
         return data
 
     def _save(self, tx: Tx) -> None:
-        atomic_write(self.path, json.dumps(tx.to_json(), indent=1).encode())
+        # compact: json's C encoder (indent= falls back to the pure-Python one)
+        atomic_write(self.path, json.dumps(tx.to_json(), separators=(",", ":")).encode())
         dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)  # make the rename itself durable

@@ -422,7 +422,7 @@ class LocalIpam:
             return
         doc = {"version": STATE_VERSION,
                "pools": [s.record() for s in self._pools.values()]}
-        data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + b"\n"
         directory = os.path.dirname(os.path.abspath(self._path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         atomic_write(self._path, data, 0o600)
