@@ -48,6 +48,15 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
 
     for mod in (convert, v1, v2mod):
         monkeypatch.setattr(mod, "write_text", rec)
+    from ketch.sys.cgroupfs import Writes
+
+    real = Writes.write
+
+    def rec_kept(self: Writes, path: str, value: str) -> None:
+        real(self, path, value)
+        log.append((path, value))
+
+    monkeypatch.setattr(Writes, "write", rec_kept)
     yield log
 
 

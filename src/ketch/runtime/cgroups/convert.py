@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from ketch.errors import InvalidArgument, Unavailable
-from ketch.sys.cgroupfs import hugepage_sizes, write_text
+from ketch.sys.cgroupfs import Writes, hugepage_sizes, write_text
 
 # typing costs ms to import on every container start; annotations are strings here
 TYPE_CHECKING = False
@@ -96,8 +96,9 @@ class Write:
         return self.candidates[0][1] if self.candidates else ""
 
 
-def apply_write(directory: str, w: Write) -> None:
-    """Perform ``w`` in the cgroup directory ``directory``.
+def apply_write(directory: str, w: Write, writes: Writes | None = None) -> None:
+    """Perform ``w`` in the cgroup directory ``directory`` (through ``writes`` when
+    given: files written before are written again without another open).
 
     A value the kernel refuses (EINVAL, ERANGE) is ``InvalidArgument`` naming the
     field; a missing file is ``Unavailable``; other errors stay ``OSError``.
@@ -105,7 +106,10 @@ def apply_write(directory: str, w: Write) -> None:
     for name, value in w.candidates:
         path = f"{directory}/{name}"
         try:
-            write_text(path, value)
+            if writes is None:
+                write_text(path, value)
+            else:
+                writes.write(path, value)
             return
         except OSError as e:
             if e.errno == errno.ENOENT:

@@ -157,9 +157,12 @@ class V1Manager:
             if raw:
                 sub["unified"] = resources["unified"]
             self.unified.set(sub, only=delegate)
-        for w in writes:
-            if w.controller in self._dirs:
-                apply_write(self._dirs[w.controller], w)
+        from ketch.sys.cgroupfs import Writes
+
+        with Writes() as files:
+            for w in writes:
+                if w.controller in self._dirs:
+                    apply_write(self._dirs[w.controller], w, files)
 
     # ---- freezer -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ the per-container managers on top. See :mod:`.mounts` for detection and
 from __future__ import annotations
 
 from ketch.sys.cgroupfs.files import (
+    Writes,
     read_flat_keyed,
     read_int,
     read_lines,
@@ -34,6 +35,7 @@ __all__ = [
     "UNIFIED",
     "Hierarchy",
     "Host",
+    "Writes",
     "detect_host",
     "hugepage_sizes",
     "own_cgroups",

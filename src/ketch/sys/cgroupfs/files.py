@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "Writes",
     "read_flat_keyed",
     "read_int",
     "read_lines",
@@ -102,3 +103,33 @@ def write_text(path: str, value: str) -> None:
         raise OSError(e.errno, f"{e.strerror} (writing {value!r})", path) from None
     finally:
         os.close(fd)
+
+
+class Writes:
+    """Several control-file writes that keep each file open for the next write to it:
+    the kernel parses every write(2) on its own, so a dozen ``devices.allow`` rules
+    cost one open instead of a dozen (opening a cgroup file is the dear part).
+    A context manager; the files close at its end. Errors as :func:`write_text`."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def write(self, path: str, value: str) -> None:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, _WR)
+        try:
+            os.write(fd, value.encode())
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror} (writing {value!r})", path) from None
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __enter__(self) -> Writes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
