@@ -232,6 +232,24 @@ class BodyStream:
             self._pending += await self._reader.readexactly(len(buffered))
         if self._reader.at_eof():
             self._fail(None)
+            return
+        # From here on the socket is ours: taking the buffer may have resumed reading
+        # for the reader, which would otherwise go on filling its buffer behind our
+        # back while reads are served from ``_pending``.
+        self._install()
+
+    def _install(self) -> None:
+        """Put the ``_Receiver`` in the connection's protocol's place, reading paused."""
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        if self._receiver is None:
+            inner = transport.get_protocol()
+            assert isinstance(inner, asyncio.Protocol)
+            self._receiver = _Receiver(self, inner)
+            transport.set_protocol(self._receiver)
+        transport.pause_reading()
 
     async def _receive(self) -> None:
         """Read the socket until the target holds ``_want`` bytes, the body ends or an
@@ -242,10 +260,7 @@ class BodyStream:
             self._error = ConnectionResetError("connection closed during the body")
             return
         if self._receiver is None:
-            inner = transport.get_protocol()
-            assert isinstance(inner, asyncio.Protocol)
-            self._receiver = _Receiver(self, inner)
-            transport.set_protocol(self._receiver)
+            self._install()
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         transport.resume_reading()
         try:

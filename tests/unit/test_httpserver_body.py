@@ -102,6 +102,12 @@ async def _app(req: Request) -> Response:
     if req.path == "/one":
         await req.stream.readinto(buf)
         return Response(200, [], b"one")
+    if req.path == "/slow":  # small reads with pauses, as a worker thread makes them
+        h, small = hashlib.sha256(), bytearray(64 << 10)
+        while n := await req.stream.readinto(small):
+            h.update(memoryview(small)[:n])
+            await asyncio.sleep(0.002)
+        return Response(200, [], h.hexdigest().encode())
     return Response(404, [], b"")
 
 
@@ -187,6 +193,24 @@ def test_readinto_fills_whole_pieces_and_keeps_alive(mode: str) -> None:
         assert headers["x-pieces"] == "6" and "connection" not in headers
         chunks = [os.urandom(n) for n in (1, 32 << 10, 3, PIECE + 5, 32 << 10, 17)]
         await c.send(_patch_chunked("/sum", chunks), pieces=97)  # same connection
+        status, _, body = await c.response()
+        assert body.decode() == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+    _run(t)
+
+
+def test_a_reader_that_pauses_between_reads_loses_nothing(mode: str) -> None:
+    """The socket keeps delivering while the handler is away; none of it may end up in
+    the connection's own reader (where it would be lost to the body)."""
+    payload = os.urandom(6 * PIECE + 11)
+
+    async def t(connect: Connect) -> None:
+        c = await connect()
+        await c.send(_put("/slow", payload))
+        status, _, body = await c.response()
+        assert (status, body.decode()) == (200, hashlib.sha256(payload).hexdigest())
+        chunks = [os.urandom(n) for n in (70_000, 3, PIECE, 65_536, 9)]
+        await c.send(_patch_chunked("/slow", chunks))  # same connection, chunked
         status, _, body = await c.response()
         assert body.decode() == hashlib.sha256(b"".join(chunks)).hexdigest()
 
