@@ -5,8 +5,12 @@ Usage (root)::
     .venv/bin/python benchmarks/build.py [--size-mb 100] [--stage-mb 20] [--runs 5]
         [--only ketch|docker]... [--keep]
 
-Cases, the same docker CLI against each daemon (``DOCKER_BUILDKIT=0`` for the
-classic builder, ``=1`` for BuildKit, which needs the buildx plugin: n/a without):
+Columns: ketchd and dockerd's classic builder through the same docker CLI
+(``DOCKER_BUILDKIT=0``), and dockerd's BuildKit through Debian's docker CLI 20.10
+(``/usr/bin/docker``, ``$KETCH_BUILDKIT_CLI``) with ``DOCKER_BUILDKIT=1``: that CLI
+still has BuildKit's client built in, where the CLI 28 needs the buildx plugin.
+
+Cases:
 
 ``copy cold``     ``FROM busybox`` + ``COPY big /big`` of ``--size-mb`` random bytes,
                   ``--no-cache`` (the issue's target: ketch <= BuildKit)
@@ -37,6 +41,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import engine as eb  # the sibling script's daemons and namespaces
 
+#: the docker CLI that still speaks BuildKit without buildx (Debian's docker.io, 20.10)
+BUILDKIT_CLI = os.environ.get("KETCH_BUILDKIT_CLI") or "/usr/bin/docker"
 COLUMNS = (("ketch", "ketch", "0"), ("docker classic", "docker", "0"),
            ("docker buildkit", "docker", "1"))
 
@@ -62,8 +68,20 @@ def contexts(work: Path, size_mb: int, stage_mb: int) -> dict[str, Path]:
     return {"copy": copy, "multi": multi}
 
 
+def buildkit_error() -> str | None:
+    """Why the BuildKit column cannot run (None: it can)."""
+    if not os.access(BUILDKIT_CLI, os.X_OK):
+        return f"{BUILDKIT_CLI} not installed (Debian's docker.io has the BuildKit client)"
+    p = subprocess.run([BUILDKIT_CLI, "build", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "DOCKER_BUILDKIT": "1"}, check=False)
+    if "--progress" not in p.stdout:
+        return f"{BUILDKIT_CLI} has no built-in BuildKit client (needs buildx)"
+    return None
+
+
 def build(eng: eb.Engine, buildkit: str, ctx: Path, tag: str, *flags: str) -> float:
-    col = dataclasses.replace(eng, env={**eng.env, "DOCKER_BUILDKIT": buildkit})
+    cli = [BUILDKIT_CLI] if buildkit == "1" else eng.cli
+    col = dataclasses.replace(eng, cli=cli, env={**eng.env, "DOCKER_BUILDKIT": buildkit})
     t0 = time.perf_counter()
     p = col.run("build", "--network", "none", "-q", "-t", tag, *flags, str(ctx), timeout=600)
     dt = time.perf_counter() - t0
@@ -103,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[tuple[str, str], list[float]] = {}
         errors: dict[tuple[str, str], str] = {}
         cols = [c for c in COLUMNS if c[1] in engines]
-        for label, name, _ in cols:
-            if engines[name].error:
+        bk_error = buildkit_error()
+        for label, name, bk in cols:
+            why = engines[name].error or (bk_error if bk == "1" else None)
+            if why:
                 for case in cases:
-                    errors[(label, case)] = engines[name].error or ""
+                    errors[(label, case)] = why
         for r in range(args.runs):
             for label, name, bk in cols:
                 eng = engines[name]

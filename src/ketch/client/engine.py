@@ -386,21 +386,12 @@ class SystemAPI(Protocol):
         ...
 
 
-class EngineClient(ContainerAPI, ImageAPI, VolumeAPI, SystemAPI, Protocol):
-    """Everything a ketch tool can ask of an engine. Consumers that need less should
-    declare the narrower Protocol (``ContainerAPI``, ``ImageAPI`` ...)."""
-
-    def close(self) -> None:
-        """Release idle connections; open streams stay usable until closed."""
-        ...
-
-
 @runtime_checkable
 class BuildAPI(Protocol):
     """Image builds (``POST /build``, dockerd's classic builder protocol).
 
-    Not yet part of :class:`EngineClient`'s bases (each client that has it says so);
-    callers check with ``isinstance(client, BuildAPI)``.
+    Part of :class:`EngineClient`; tools that only build can ask for this narrower
+    Protocol.
     """
 
     def image_build(self, context: Body, *, tags: Sequence[str] = (),
@@ -418,3 +409,11 @@ class BuildAPI(Protocol):
         """
         ...
 
+
+class EngineClient(ContainerAPI, ImageAPI, VolumeAPI, SystemAPI, BuildAPI, Protocol):
+    """Everything a ketch tool can ask of an engine. Consumers that need less should
+    declare the narrower Protocol (``ContainerAPI``, ``ImageAPI`` ...)."""
+
+    def close(self) -> None:
+        """Release idle connections; open streams stay usable until closed."""
+        ...

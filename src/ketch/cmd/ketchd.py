@@ -253,6 +253,7 @@ def _write_pidfile(path: str) -> None:
 async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle | None) -> None:
     from ketch.api.router import Router
     from ketch.api.routers import all_routes
+    from ketch.api.routers.build import streams_body
     from ketch.engine.engine import Engine, EngineConfig
     from ketch.httpserver import HTTPServer
 
@@ -280,7 +281,9 @@ async def _serve(args: argparse.Namespace, started: float, zygote: ZygoteHandle 
             bip=args.bip), zygote)
         await engine.start()
         router = Router(all_routes(engine))
-        http = HTTPServer(_TrimWhenIdle(router), server_header=f"ketch/{ketch.__version__} (linux)")
+        # a build context (up to gigabytes) goes to the builder as it arrives, not spooled
+        http = HTTPServer(_TrimWhenIdle(router), stream_body=streams_body,
+                          server_header=f"ketch/{ketch.__version__} (linux)")
         for path in paths:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             _clear_stale_socket(path)

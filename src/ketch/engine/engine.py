@@ -10,6 +10,7 @@ Layout of the data root (persistent) and exec root (per boot)::
     <data-root>/images/       image names -> content (ketch.image.store)
     <data-root>/volumes/      local volume driver
     <data-root>/containers/<id>/   container records, logs
+    <data-root>/build/        build cache (step keys -> images), build contexts in use
     <exec-root>/              supervisor sockets, runtime state, bundles
 """
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import ipaddress
     from collections.abc import Iterable
 
+    from ketch.engine.build import Builder
     from ketch.engine.containers.network import NetContext
     from ketch.engine.supervisor import ZygoteHandle
 
@@ -125,6 +127,7 @@ class Engine:
         self.net = self._networking() if config.networking else None
 
         self._containers(zygote)
+        self.builder = self._builder()
 
     def _networking(self) -> NetContext:
         """Networks, IPAM, the firewall table and the port allocator (made real in
@@ -164,6 +167,13 @@ class Engine:
         self.images.in_use = self.containers.in_use
         self.images.running = self.containers.running_with
         self.system.counts = self._counts
+
+    def _builder(self) -> Builder:
+        """``docker build``: the executor over these stores and the container service."""
+        from ketch.engine.build import Builder
+
+        return Builder(images=self.images, containers=self.containers, content=self.content,
+                       snapshotter=self.snapshotter, data_root=self.config.data_root)
 
     def _counts(self) -> dict[str, int]:
         states = [c.state.status for c in self.containers.store.all()]

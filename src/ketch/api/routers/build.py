@@ -1,12 +1,18 @@
 """``POST /build``: dockerd's classic builder endpoint, over :mod:`ketch.engine.build`.
 
-HTTP only: the body is the build context (a tar, plain or compressed; the server has
-spooled it), the query carries the options (``t`` several times, ``dockerfile``,
-``buildargs`` and ``labels`` as JSON objects, ``nocache``, ``pull``, ``rm``,
-``forcerm``, ``target``, ``q``, ``networkmode``, ``platform``). The answer is
-docker's JSON message stream. As in dockerd, an error before the first message (a
-broken context, a Dockerfile that does not parse, an unknown target) is an HTTP
-error; after it, the stream ends with ``{"errorDetail": ..., "error": ...}``.
+HTTP only: the body is the build context (a tar, plain or compressed), the query
+carries the options (``t`` several times, ``dockerfile``, ``buildargs`` and ``labels``
+as JSON objects, ``nocache``, ``pull``, ``rm``, ``forcerm``, ``target``, ``q``,
+``networkmode``, ``platform``). The answer is docker's JSON message stream. As in
+dockerd, an error before the first message (a broken context, a Dockerfile that does
+not parse, an unknown target) is an HTTP error; after it, the stream ends with
+``{"errorDetail": ..., "error": ...}``.
+
+The body reaches the builder either spooled by the server (``request.body_io()``) or,
+when the server streams it (``HTTPServer(stream_body=streams_body)``), straight from
+the socket: the builder's extraction thread reads it through :class:`BodyReader`, so
+a 100 MB context is not written to a temp file first. (ketchd does not stream it yet:
+``BodyStream`` loses bytes when its reader pauses between reads, as a thread does.)
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
+from ketch.api import version
 from ketch.api.params import bool_arg
 from ketch.api.router import Route
 from ketch.errors import InvalidArgument, KetchError, NotImplementedYet
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
     from ketch.engine.build import BuildOptions
     from ketch.engine.engine import Engine
 
-__all__ = ["BuildBackend", "BuildRouter", "parse_options"]
+__all__ = ["BodyReader", "BuildBackend", "BuildRouter", "parse_options", "streams_body"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,51 @@ class BuildBackend(Protocol):
 
     async def build(self, context: IO[bytes], opts: BuildOptions,
                     emit: Callable[[dict[str, Any]], None]) -> str: ...
+
+
+def streams_body(request: Request) -> bool:
+    """Whether ``request`` is a ``POST /build`` (any API version prefix): a server may
+    hand its body over as a stream instead of spooling it (``stream_body=``)."""
+    return request.method == "POST" and \
+        version.split_path(request.path)[1].rstrip("/") == "/build"
+
+
+class _AsyncBody(Protocol):
+    async def read(self, n: int = ...) -> bytes: ...
+
+
+class BodyReader:
+    """A streamed request body as a blocking binary file, for a worker thread.
+
+    ``read(n)`` waits on the event loop for up to ``n`` bytes (``b""`` at the end);
+    calling it on the loop's own thread would deadlock, so that raises instead.
+    """
+
+    def __init__(self, stream: _AsyncBody, loop: asyncio.AbstractEventLoop) -> None:
+        self.stream = stream
+        self.loop = loop
+        self.home = threading.get_ident()
+
+    def read(self, n: int = -1) -> bytes:
+        if threading.get_ident() == self.home:
+            raise RuntimeError("BodyReader.read on the event loop thread")
+        if n is None or n < 0:
+            parts = []
+            while part := self.read(1 << 20):
+                parts.append(part)
+            return b"".join(parts)
+        if n == 0:
+            return b""
+        return asyncio.run_coroutine_threadsafe(self.stream.read(n), self.loop).result()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 def _message(obj: Mapping[str, Any]) -> bytes:
@@ -95,12 +147,8 @@ class BuildRouter:
 
     @classmethod
     def for_engine(cls, engine: Engine) -> BuildRouter:
-        """A router over a :class:`~ketch.engine.build.Builder` of ``engine``'s stores."""
-        from ketch.engine.build import Builder
-
-        return cls(Builder(images=engine.images, containers=engine.containers,
-                           content=engine.content, snapshotter=engine.snapshotter,
-                           data_root=engine.config.data_root))
+        """A router over ``engine.builder``."""
+        return cls(engine.builder)
 
     def routes(self) -> builtins.list[Route]:
         return [Route("POST", "/build", self.build)]
@@ -118,9 +166,12 @@ class BuildRouter:
             else:
                 loop.call_soon_threadsafe(queue.put_nowait, data)
 
+        context: IO[bytes] = request.body_io() if request.stream is None else \
+            cast(IO[bytes], BodyReader(request.stream, loop))
+
         async def work() -> str:
             try:
-                return await self.backend.build(request.body_io(), opts, emit)
+                return await self.backend.build(context, opts, emit)
             finally:
                 emit_end()
 

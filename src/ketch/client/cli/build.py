@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from ketch.client.cli.base import Command, Context, UsageError
-from ketch.client.engine import BuildAPI
 
 __all__ = ["BUILD", "COMMANDS", "BuildDisplay", "context_tar"]
 
@@ -151,8 +150,6 @@ def _pairs(items: Iterable[str], *, from_env: bool) -> dict[str, str | None]:
 
 def _run(ctx: Context, args: argparse.Namespace) -> int:
     client = ctx.client
-    if not isinstance(client, BuildAPI):
-        raise UsageError("this engine client cannot build images")
     labels = {k: v or "" for k, v in _pairs(args.label, from_env=False).items()}
     with tempfile.TemporaryFile() as tar:
         name = context_tar(args.path, args.file, tar)

@@ -14,12 +14,12 @@ stage state
     (:class:`~ketch.image.build.plan.StageVars`). FROM starts it from a stage result,
     an image (pulled if missing and a registry answers) or ``scratch``.
 
-Lifecycle of one build: extract the context (``BuildContext.from_tar`` into a temp
-directory under ``<data-root>/build/tmp``), parse, plan, then run the needed stages —
-each stage as an asyncio task that starts when the stages it needs (FROM, COPY
---from) are done, so independent stages build in parallel — and finally tag the
-target's image. The temp directory goes in every case; a failed step leaves no image
-and no container, only the cache of the steps before it.
+Lifecycle of one build: extract the context (:mod:`.intake`: into a temp directory
+under ``<data-root>/build/tmp``, every file hashed on the way), parse, plan, then run
+the needed stages — each stage as an asyncio task that starts when the stages it needs
+(FROM, COPY --from) are done, so independent stages build in parallel — and finally
+tag the target's image. The temp directory goes in every case; a failed step leaves no
+image and no container, only the cache of the steps before it.
 
 Progress is docker's classic JSON stream (``{"stream": "Step 1/5 : FROM busybox\\n"}``,
 ``" ---> Using cache\\n"``, ``"Successfully built …"``), handed to ``emit`` dict by dict.
@@ -43,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ketch.engine.build import config as cfgmod
 from ketch.engine.build.cache import BuildCache, step_key
 from ketch.engine.build.files import CopySpec, Layer, mounted_view, parse_chmod, write_copy_layer
+from ketch.engine.build.intake import extract_context, forget
 from ketch.engine.build.run import RunSpec, run_step
 from ketch.engine.image_core import short_id
 from ketch.errors import InvalidArgument, KetchError, NotFound
@@ -50,7 +51,14 @@ from ketch.image.build import instructions as ins
 from ketch.image.build.context import BuildContext
 from ketch.image.build.expand import expand_instruction
 from ketch.image.build.parser import parse, parse_trigger
-from ketch.image.build.plan import BuildPlan, Stage, StageVars, plan, platform_args
+from ketch.image.build.plan import (
+    PROXY_ARGS,
+    BuildPlan,
+    Stage,
+    StageVars,
+    plan,
+    platform_args,
+)
 from ketch.image.store import host_platform
 from ketch.image.unpack import unpack
 from ketch.oci.descriptor import Descriptor
@@ -146,10 +154,12 @@ class Builder:
         parse) are raised; the caller turns later ones into the stream's error.
         """
         work = tempfile.mkdtemp(dir=self.tmp, prefix="ctx-")
+        digests = self.cache.file_digests()
         try:
-            ctx = await asyncio.to_thread(BuildContext.from_tar, context, work)
+            ctx = await asyncio.to_thread(extract_context, context, work, digests)
             return await self.build_context(ctx, opts, emit)
         finally:
+            forget(digests, work)
             await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def build_context(self, ctx: BuildContext, opts: BuildOptions, emit: Emit) -> str:
@@ -444,7 +454,12 @@ class _Run:
                    and k not in {e.partition("=")[0] for e in state.vars.image_env()}]
         shown = " ".join(argv)
         created = f"|{len(arg_env)} {' '.join(arg_env)} {shown}" if arg_env else shown
-        key = step_key(state.image_id, "RUN", argv, env, instr.network)
+        # docker: the predefined proxy ARGs are exempt from the cache (and the history)
+        # unless the Dockerfile declares them
+        declared = {k for k, _ in state.vars.args}
+        key_env = [e for e in env if e.partition("=")[0] not in PROXY_ARGS
+                   or e.partition("=")[0] in declared]
+        key = step_key(state.image_id, "RUN", argv, key_env, instr.network)
         hit = await self.try_cache(state, key)
         if hit is not None:
             return hit

@@ -6,9 +6,15 @@ A COPY step is one layer on the stage's parent snapshot::
     plan     the entries to write    destination rules (below), checked against the
                                      mounted parent tree: what exists, where symlinks lead
     write    the layer tar           straight into the content store, hashed on the way
-    apply    apply_layer(blob)       into the mounted snapshot (ketch.image.layer: every
-                                     path resolved inside the root, never out of it)
+             and the tree            each entry also written into the mounted snapshot
+                                     as it goes (:mod:`.tree`: the layer applier's rules),
+                                     so the sources are read once and the tar hashed once
+                                     (a plain tar: its digest is the diff_id)
     commit   "<chain id>"            the snapshot the next step's container or COPY uses
+
+``ADD`` of a local archive takes the longer road: the tar first, then
+``apply_layer(blob)`` into the snapshot (ketch.image.layer: every path resolved inside
+the root), since an archive's members can be of any kind.
 
 On any failure the active snapshot and the half-written blob ingest are dropped.
 
@@ -38,6 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ketch.content import ContentStore, Writer
+from ketch.engine.build.tree import TreeWriter
 from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound
 from ketch.image import blobs
 from ketch.image.build.context import BuildContext, Entry, Source
@@ -286,7 +293,9 @@ def _header(out: _Out, ti: tarfile.TarInfo) -> None:
     out.write(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
 
-def _copy_file(out: _Out, path: str, size: int) -> None:
+def _copy_file(out: _Out, path: str, size: int, tree_fd: int | None = None) -> None:
+    """The file's bytes into the tar (padded to a block) and, with ``tree_fd``, into
+    the snapshot's copy: one read of the source for both."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         left = size
@@ -295,6 +304,8 @@ def _copy_file(out: _Out, path: str, size: int) -> None:
             if not chunk:
                 chunk = bytes(min(left, _CHUNK))  # the file shrank: pad as announced
             out.write(chunk)
+            if tree_fd is not None:
+                TreeWriter.write(tree_fd, chunk)
             left -= len(chunk)
     finally:
         os.close(fd)
@@ -356,9 +367,12 @@ def _write_archive(out: _Out, item: _Item) -> None:
         raise InvalidArgument(f"ADD failed: archive {shown}: {e}") from None
 
 
-def _write_tar(out: _Out, items: Iterable[_Item]) -> None:
+def _write_tar(out: _Out, items: Iterable[_Item], tree: TreeWriter | None = None) -> None:
+    """The layer tar of ``items`` into ``out``; with ``tree``, the same entries written
+    into the snapshot as they go (no archives then: see :mod:`.tree`)."""
     for it in items:
         if it.kind == "archive":
+            assert tree is None, "archives are applied from the tar"
             _write_archive(out, it)
             continue
         ti = tarfile.TarInfo(it.name)
@@ -366,22 +380,34 @@ def _write_tar(out: _Out, items: Iterable[_Item]) -> None:
         if it.kind == "dir":
             ti.type = tarfile.DIRTYPE
             _header(out, ti)
+            if tree is not None:
+                tree.directory(it.name, it.mode, it.uid, it.gid, it.mtime)
         elif it.kind == "symlink":
             ti.type, ti.linkname = tarfile.SYMTYPE, it.target
             _header(out, ti)
-        elif it.kind == "data":
-            ti.size = len(it.data)
-            _header(out, ti)
-            out.write(it.data)
-            if ti.size % _BLOCK:
-                out.write(bytes(_BLOCK - ti.size % _BLOCK))
+            if tree is not None:
+                tree.symlink(it.name, it.target, it.uid, it.gid, it.mtime)
         else:
-            size = os.lstat(it.host_path).st_size
+            size = len(it.data) if it.kind == "data" else os.lstat(it.host_path).st_size
             ti.size = size
             _header(out, ti)
-            _copy_file(out, it.host_path, size)
+            fd = tree.create(it.name) if tree is not None else None
+            try:
+                if it.kind == "data":
+                    out.write(it.data)
+                    if size % _BLOCK:
+                        out.write(bytes(_BLOCK - size % _BLOCK))
+                    if fd is not None:
+                        TreeWriter.write(fd, it.data)
+                else:
+                    _copy_file(out, it.host_path, size, fd)
+            finally:
+                if tree is not None and fd is not None:
+                    tree.close_file(fd, it.mode, it.uid, it.gid, it.mtime)
     out.write(bytes(2 * _BLOCK))
     out.flush()
+    if tree is not None:
+        tree.finish()
 
 
 # -- the step ------------------------------------------------------------------------------
@@ -436,8 +462,10 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
             try:
                 owner = resolve_owner(target, spec.chown, spec.line, spec.keyword)
                 items = _plan(target, spec, owner)
+                # one pass (tar and tree together) unless an archive is extracted
+                one_pass = all(it.kind != "archive" for it in items)
                 out = _Out(w)
-                _write_tar(out, items)
+                _write_tar(out, items, TreeWriter(target) if one_pass else None)
             except OSError as e:
                 raise InvalidArgument(f"Dockerfile:{spec.line}: {spec.keyword} failed: "
                                       f"{e}") from None
@@ -448,11 +476,12 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
                 raise
             digest, _ = blobs.finish(content, w, out.size, None,
                                      {blobs.LABEL_UNCOMPRESSED: str(out.size)})
-            with content.open(digest) as f:
-                res = apply_layer(f, target)
+            diff_id = str(digest)  # a plain tar: the blob is its own diff
+            if not one_pass:
+                with content.open(digest) as f:
+                    diff_id = apply_layer(f, target).diff_id
         finally:
             unmount(target)
-        diff_id = res.diff_id
         chain = chain_ids([*parent_diff_ids, diff_id])[-1]
         try:
             snapshotter.commit(chain, key, labels={"ketch.io/diff_id": diff_id})
