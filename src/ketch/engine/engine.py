@@ -16,6 +16,7 @@ Layout of the data root (persistent) and exec root (per boot)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -127,7 +128,8 @@ class Engine:
         self.net = self._networking() if config.networking else None
 
         self._containers(zygote)
-        self.builder = self._builder()
+        self._builder_: Builder | None = None
+        self._sweep_build_contexts()
 
     def _networking(self) -> NetContext:
         """Networks, IPAM, the firewall table and the port allocator (made real in
@@ -167,6 +169,23 @@ class Engine:
         self.images.in_use = self.containers.in_use
         self.images.running = self.containers.running_with
         self.system.counts = self._counts
+
+    @property
+    def builder(self) -> Builder:
+        """``docker build``'s executor, made at the first build: an idle daemon does not
+        hold the builder's modules."""
+        if self._builder_ is None:
+            self._builder_ = self._builder()
+        return self._builder_
+
+    def _sweep_build_contexts(self) -> None:
+        """Remove the build contexts a dead daemon left (``<data-root>/build/tmp/*``)."""
+        import shutil
+
+        tmp = os.path.join(self.config.data_root, "build", "tmp")
+        with contextlib.suppress(FileNotFoundError):
+            for stale in os.listdir(tmp):
+                shutil.rmtree(os.path.join(tmp, stale), ignore_errors=True)
 
     def _builder(self) -> Builder:
         """``docker build``: the executor over these stores and the container service."""

@@ -50,6 +50,17 @@ class BuildBackend(Protocol):
                     emit: Callable[[dict[str, Any]], None]) -> str: ...
 
 
+class _FirstBuildMakes:
+    """``engine.builder`` as a backend, looked up at each build (made at the first)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def build(self, context: IO[bytes], opts: BuildOptions,
+                    emit: Callable[[dict[str, Any]], None]) -> str:
+        return await self.engine.builder.build(context, opts, emit)
+
+
 def streams_body(request: Request) -> bool:
     """Whether ``request`` is a ``POST /build`` (any API version prefix): a server may
     hand its body over as a stream instead of spooling it (``stream_body=``)."""
@@ -147,8 +158,8 @@ class BuildRouter:
 
     @classmethod
     def for_engine(cls, engine: Engine) -> BuildRouter:
-        """A router over ``engine.builder``."""
-        return cls(engine.builder)
+        """A router over ``engine.builder``, which is made at the first build."""
+        return cls(_FirstBuildMakes(engine))
 
     def routes(self) -> builtins.list[Route]:
         return [Route("POST", "/build", self.build)]
