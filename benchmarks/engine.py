@@ -20,7 +20,11 @@ that starts it (``ip netns exec`` would also remount /sys and hide the cgroup
 mounts). dockerd gets its own data root, exec root, socket, pidfile and config
 file, supervises its own containerd, and runs with bridge, iptables and
 forwarding off; podman has no daemon, so its CLI runs inside its namespace with
-its own storage roots, cgroupfs and runc. Only processes started here are
+its own storage roots, cgroupfs and runc. Each engine's per-boot state (dockerd's
+and ketchd's exec root, podman's run root) is on a tmpfs made for it, as their
+defaults (/run/docker, /run/ketch, /run/containers) are on installed systems: on
+this disk every state file an engine writes per container would cost it an ext4
+inode allocation, a cost no installed engine pays. Only processes started here are
 signalled, by PID. The busybox image is made locally
 (``ketch.runtime.busybox.make_rootfs``) and loaded by ``import``; nothing is
 pulled. A figure that cannot be had prints ``n/a`` and why. No timed assertions.
@@ -323,6 +327,14 @@ def start_podman(eng: Engine) -> None:
     eng.version = eng.ok("version", "--format", "{{.Client.Version}}")
 
 
+def run_dir(path: Path) -> None:
+    """``path`` as a fresh tmpfs: an engine's per-boot state, where installed engines
+    keep it (the cleanup's ``unmount_under`` takes it away)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711,size=1g", "ketchbench",
+                    str(path)], check=True, capture_output=True)
+
+
 def setup(name: str, work: Path, tarball: bytes, bridge: bool,
           docker_net_flags: tuple[str, ...] = DOCKERD_NET_FLAGS) -> Engine:
     """Start one engine in its own netns and import busybox; errors land in ``.error``."""
@@ -332,6 +344,7 @@ def setup(name: str, work: Path, tarball: bytes, bridge: bool,
     env.update(DOCKER_HOST=f"unix://{w / 'd.sock'}", DOCKER_CONFIG=str(w / "docker-config"))
     eng = Engine(name, w, [DOCKER], env)
     try:
+        run_dir(w / ("run" if name == "podman" else "exec"))
         eng.netns = NetNs(f"ketchbench-{os.getpid()}-{name}")
         if name == "docker":
             start_docker(eng, bridge, docker_net_flags)
