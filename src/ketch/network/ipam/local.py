@@ -287,7 +287,7 @@ class LocalIpam:
                     raise Conflict(ADDRESS_IN_USE)
             st.held.add(value)
             try:
-                self._save()
+                self._save(durable=False)
             except BaseException:
                 st.held.discard(value)
                 st.cursor = old_cursor
@@ -307,7 +307,7 @@ class LocalIpam:
                 return
             st.held.discard(value)
             try:
-                self._save()
+                self._save(durable=False)
             except BaseException:
                 st.held.add(value)
                 raise
@@ -417,7 +417,11 @@ class LocalIpam:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def _save(self) -> None:
+    def _save(self, *, durable: bool = True) -> None:
+        """Write the state (write-then-rename). ``durable``: fsync it and its directory
+        (pools). Address changes skip that: an address only matters while its container
+        runs, which a power loss ends too, and a killed daemon loses nothing the kernel
+        was handed; the engine reconciles addresses with its containers at start."""
         if self._path is None:
             return
         doc = {"version": STATE_VERSION,
@@ -425,7 +429,9 @@ class LocalIpam:
         data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + b"\n"
         directory = os.path.dirname(os.path.abspath(self._path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        atomic_write(self._path, data, 0o600)
+        atomic_write(self._path, data, 0o600, sync=durable)
+        if not durable:
+            return
         # the rename is only durable once the directory entry is on disk
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
