@@ -31,6 +31,7 @@ stream is ``InvalidArgument``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -39,7 +40,7 @@ import stat
 import tarfile
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 from ketch.errors import InvalidArgument
 from ketch.image.build.dockerignore import DockerIgnore, clean_path
@@ -104,20 +105,32 @@ class BuildContext:
         return ctx
 
     @classmethod
-    def from_tar(cls, stream: IO[bytes], workdir: str, *,
-                 dockerignore: bool = True) -> BuildContext:
+    def from_tar(cls, stream: IO[bytes], workdir: str, *, dockerignore: bool = True,
+                 digests: DigestCache | None = None) -> BuildContext:
         """Extract a tar stream (plain, gzip, bzip2 or xz) into *workdir* and use it.
 
         *workdir* must be an empty directory the caller owns and removes. Owners and
-        times are not restored; devices, fifos and sockets are skipped.
+        times are not restored; devices, fifos and sockets are skipped. With *digests*,
+        every regular file is hashed while it is written and its digest recorded under
+        the key :meth:`digest` looks up, so the first COPY of a file never re-reads it.
+        A seekable stream (a spooled body) is read in place, a socket's as a stream.
         """
         root = os.path.realpath(workdir)
+        hashed: dict[str, str] | None = {} if digests is not None else None
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    _extract(tar, member, root)
+            mode: Literal["r:*", "r|*"] = "r:*" if _seekable(stream) else "r|*"
+            with tarfile.open(fileobj=stream, mode=mode, bufsize=_CHUNK) as tar:
+                while (member := tar.next()) is not None:
+                    _extract(tar, member, root, hashed)
+                    seen = getattr(tar, "members", None)  # tarfile keeps every TarInfo;
+                    if isinstance(seen, list):  # nothing looks back, so drop them
+                        seen.clear()
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise InvalidArgument(f"failed to read build context: {e}") from None
+        if digests is not None and hashed:
+            for rel, digest in hashed.items():  # keyed after the last change (links bump
+                with contextlib.suppress(OSError):  # ctime)
+                    digests[_digest_key(os.path.join(root, rel))] = digest
         ctx = cls(root)
         if dockerignore:
             ctx.ignore = _read_ignore(root)
@@ -340,9 +353,13 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-def _file_digest(path: str, cache: DigestCache | None) -> str:
+def _digest_key(path: str) -> tuple[str, int, int, int, int, int]:
     st = os.stat(path)
-    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _file_digest(path: str, cache: DigestCache | None) -> str:
+    key = _digest_key(path)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None:
@@ -355,6 +372,13 @@ def _file_digest(path: str, cache: DigestCache | None) -> str:
     if cache is not None:
         cache[key] = digest
     return digest
+
+
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _read_ignore(root: str) -> DockerIgnore:
@@ -390,13 +414,18 @@ def _make_parents(root: str, rel: str) -> None:
                                   "non-directory (or a symlink)")
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> None:
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
+             hashed: dict[str, str] | None) -> None:
+    """One member into *root*; with *hashed*, the digest of each regular file written
+    (context path → digest; a hard link shares its target's)."""
     rel = _safe_name(member.name)
     if not rel:
         return
     _make_parents(root, rel)
     dest = os.path.join(root, rel)
     mode = member.mode & 0o7777
+    if hashed is not None:
+        hashed.pop(rel, None)
     if member.isdir():
         if not os.path.isdir(dest) or os.path.islink(dest):
             _remove(dest)
@@ -406,10 +435,9 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> None:
         _remove(dest)
         src = tar.extractfile(member)
         assert src is not None
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            while chunk := src.read(_CHUNK):
-                out.write(chunk)
+        digest = _write_file(src, dest, hashed is not None)
+        if hashed is not None:
+            hashed[rel] = digest
         os.chmod(dest, mode)
     elif member.issym():
         _remove(dest)
@@ -422,7 +450,27 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> None:
                                   f"{member.linkname!r} is not to a file in the context")
         _remove(dest)
         os.link(target_path, dest)
+        if hashed is not None and target in hashed:
+            hashed[rel] = hashed[target]
     # devices, fifos and sockets have no place in a build context: skipped
+
+
+def _write_file(src: IO[bytes], dest: str, hash_it: bool) -> str:
+    """Copy *src* into the new file *dest* (mode 0600); its digest when *hash_it*
+    (else "")."""
+    h = hashlib.sha256() if hash_it else None
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        while chunk := src.read(_CHUNK):
+            if h is not None:
+                h.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return "sha256:" + h.hexdigest() if h is not None else ""
 
 
 def _plain_path(root: str, rel: str) -> bool:
