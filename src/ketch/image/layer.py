@@ -55,7 +55,7 @@ from typing import IO, BinaryIO, Literal, Protocol, cast
 from ketch.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
 from ketch.runtime.rootfs import secure_join
 
-__all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "LayerResult", "apply_layer"]
+__all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "LayerResult", "apply_layer", "clear_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,22 @@ _UNSUPPORTED_MAGIC = (
 _XATTR_ALLOWED = ("user.", "security.", "trusted.")
 _XATTR_DENIED = ("trusted.overlay.",)
 _XATTR_QUIET_ERRNOS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES)
+
+
+def clear_entry(path: str, *, keep_dir: bool) -> bool:
+    """Make room for a layer entry at ``path``: remove what is there (never following
+    it). With ``keep_dir`` a directory there stays (True is returned)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        if keep_dir:
+            return True
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,20 +308,6 @@ class _Applier:
                     f"layer: entry {entry!r}: {self._rel(cur)!r} is not a directory")
         return resolved
 
-    def _clear(self, path: str, keep_dir: bool) -> bool:
-        """Remove what is at ``path`` (never following it); True if a kept directory is there."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return True
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-        return False
-
     def _remove_lower(self, path: str) -> None:
         """Delete ``path`` as lower layers left it, keeping what this layer added."""
         try:
@@ -368,7 +370,7 @@ class _Applier:
         self.skipped.append(name)
 
     def _dir(self, path: str, ti: tarfile.TarInfo) -> None:
-        if not self._clear(path, keep_dir=True):
+        if not clear_entry(path, keep_dir=True):
             os.mkdir(path, 0o700)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -382,7 +384,7 @@ class _Applier:
         self.dirs[path] = (ino, ti.mode & 0o7777, _mtime_ns(ti))
 
     def _file(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, path: str) -> None:
-        self._clear(path, keep_dir=False)
+        clear_entry(path, keep_dir=False)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
@@ -402,7 +404,7 @@ class _Applier:
     def _symlink(self, ti: tarfile.TarInfo, path: str) -> None:
         if not ti.linkname or "\x00" in ti.linkname:
             raise InvalidArgument(f"layer: entry {ti.name!r}: bad symlink target")
-        self._clear(path, keep_dir=False)
+        clear_entry(path, keep_dir=False)
         os.symlink(ti.linkname, path)
         self._chown(path, ti)
         self._xattrs(path, ti)
@@ -424,7 +426,7 @@ class _Applier:
                                   f"{ti.linkname!r} is a directory")
         if target == path:
             return
-        self._clear(path, keep_dir=False)
+        clear_entry(path, keep_dir=False)
         # never AT_SYMLINK_FOLLOW: a link to a symlink is a second name for the symlink
         os.link(target, path, follow_symlinks=False)
 
@@ -433,7 +435,7 @@ class _Applier:
         if not fifo and not self.privileged:
             self._skip(ti.name, "device nodes need root")
             return False
-        self._clear(path, keep_dir=False)
+        clear_entry(path, keep_dir=False)
         fmt = stat.S_IFIFO if fifo else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
         try:
             os.mknod(path, fmt | 0o600, 0 if fifo else os.makedev(ti.devmajor, ti.devminor))
@@ -514,7 +516,7 @@ class _Applier:
             return
         if self._rel(target) in self.added:  # whiteouts hide lower layers only
             return
-        self._clear(target, keep_dir=False)
+        clear_entry(target, keep_dir=False)
         try:
             os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))
         except PermissionError as e:

@@ -28,10 +28,10 @@ discards the snapshot (it is a fresh active one), as it would after a failed app
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 
 from ketch.errors import InvalidArgument
+from ketch.image.layer import clear_entry
 from ketch.runtime.rootfs import secure_join
 
 __all__ = ["TreeWriter"]
@@ -70,27 +70,12 @@ class TreeWriter:
                 raise InvalidArgument(f"COPY failed: /{rel} exists and is not a directory")
         return os.path.join(parent, parts[-1])
 
-    @staticmethod
-    def _clear(path: str, *, keep_dir: bool) -> bool:
-        """Remove what is at ``path`` without following it; True if a kept dir is there."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return True
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-        return False
-
     # -- entries --------------------------------------------------------------------------
 
     def directory(self, name: str, mode: int, uid: int, gid: int, mtime: int) -> None:
         """A directory (kept if one is there: its owner, mode and mtime replaced)."""
         path = self._path(name)
-        if not self._clear(path, keep_dir=True):
+        if not clear_entry(path, keep_dir=True):
             os.mkdir(path, 0o700)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -105,7 +90,7 @@ class TreeWriter:
         path = self._path(name)
         if not target or "\0" in target:
             raise InvalidArgument(f"COPY failed: bad symlink target for {name!r}")
-        self._clear(path, keep_dir=False)
+        clear_entry(path, keep_dir=False)
         os.symlink(target, path)
         if self.privileged:
             os.chown(path, uid, gid, follow_symlinks=False)
@@ -115,7 +100,7 @@ class TreeWriter:
     def create(self, name: str) -> int:
         """A new regular file (mode 0600 until :meth:`close_file`); its descriptor."""
         path = self._path(name)
-        self._clear(path, keep_dir=False)
+        clear_entry(path, keep_dir=False)
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                        | os.O_CLOEXEC, 0o600)
 
