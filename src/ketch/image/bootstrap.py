@@ -35,7 +35,8 @@ from ketch.oci.descriptor import Descriptor
 from ketch.oci.digest import Digest, digest_of
 from ketch.runtime.busybox import BUSYBOX, make_rootfs
 
-__all__ = ["CREATED_BY", "PATH_ENV", "bootstrap_busybox", "reproducible_tar"]
+__all__ = ["CREATED_BY", "PATH_ENV", "bootstrap_busybox", "reproducible_tar",
+           "store_layer_image"]
 
 CREATED_BY = "ketch image bootstrap busybox"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -135,17 +136,26 @@ def bootstrap_busybox(store: ImageStore, content: ContentStore, *,
             tarw = _HashingWriter(cast(IO[bytes], gz))
             reproducible_tar(rootfs, cast(IO[bytes], tarw), mtime)
         diff_id = "sha256:" + tarw.hash.hexdigest()
-        layer_digest, layer_size = _ingest_file(
-            content, f"bootstrap-layer-{diff_id}", layer_path)
+        return store_layer_image(store, content, layer_path, diff_id, name=name,
+                                 created=created, created_by=CREATED_BY, cmd=["sh"])
+
+
+def store_layer_image(store: ImageStore, content: ContentStore, layer_path: str,
+                      diff_id: str, *, name: str, created: str, created_by: str,
+                      cmd: list[str]) -> Image:
+    """Store the gzip'd layer at ``layer_path`` (uncompressed digest ``diff_id``) as a
+    one-layer OCI image for this host's platform, with Env PATH and ``cmd``, one
+    history entry, and tag it ``name``. The same inputs give the same digests."""
+    layer_digest, layer_size = _ingest_file(content, f"bootstrap-layer-{diff_id}", layer_path)
     layer = Descriptor(mt.OCI_LAYER_GZIP, layer_digest, layer_size)
     plat = host_platform()
     config: dict[str, Any] = {
         "created": created,
         "architecture": plat.architecture,
         "os": plat.os,
-        "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},
+        "config": {"Env": [PATH_ENV], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": created, "created_by": CREATED_BY}],
+        "history": [{"created": created, "created_by": created_by}],
     }
     if plat.variant is not None:
         config["variant"] = plat.variant

@@ -53,14 +53,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from ketch.content import ContentStore
 from ketch.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from ketch.image.bootstrap import PATH_ENV, _HashingWriter, _ingest_file, _json_blob
-from ketch.image.store import Image, ImageStore, host_platform
-from ketch.oci import mediatypes as mt
-from ketch.oci.descriptor import Descriptor
+from ketch.image.bootstrap import _HashingWriter, store_layer_image
+from ketch.image.store import Image, ImageStore
 from ketch.sys.mount import umount
 
 __all__ = [
@@ -497,28 +495,8 @@ def bootstrap_debian(store: ImageStore, content: ContentStore, target: DebianTar
     with tempfile.TemporaryDirectory(prefix="ketch-bootstrap-debian-", dir=workdir) as tmp:
         layer_path = os.path.join(tmp, "layer.tar.gz")
         diff_id = _build_layer(argv, release.date, layer_path, on_log)
-        layer_digest, layer_size = _ingest_file(
-            content, f"bootstrap-layer-{diff_id}", layer_path)
-    layer = Descriptor(mt.OCI_LAYER_GZIP, layer_digest, layer_size)
-    plat = host_platform()
-    created_by = (f"ketch image bootstrap {target.name} (mmdebstrap --variant={variant} "
-                  f"{target.suite} {mirror})")
-    config: dict[str, Any] = {
-        "created": created,
-        "architecture": plat.architecture,
-        "os": plat.os,
-        "config": {"Env": [PATH_ENV], "Cmd": ["bash"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": created, "created_by": created_by}],
-    }
-    if plat.variant is not None:
-        config["variant"] = plat.variant
-    config_desc = _json_blob(content, mt.OCI_CONFIG, config)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": config_desc.to_json(),
-        "layers": [layer.to_json()],
-    }
-    manifest_desc = _json_blob(content, mt.OCI_MANIFEST, manifest)
-    return store.put(name or target.name, manifest_desc)
+        created_by = (f"ketch image bootstrap {target.name} (mmdebstrap --variant={variant} "
+                      f"{target.suite} {mirror})")
+        return store_layer_image(store, content, layer_path, diff_id,
+                                 name=name or target.name, created=created,
+                                 created_by=created_by, cmd=["bash"])
