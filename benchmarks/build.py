@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -105,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="kbuild-"))
     engines: dict[str, eb.Engine] = {}
-    cgroups_before, pids_before = eb.cgroup_dirs(), eb.all_pids()
-    litter = [p for p in eb.ANCHOR_LITTER if not os.path.lexists(p)]
+    before = eb.HostState.now()
     try:
         from ketch.runtime.busybox import make_rootfs
 
@@ -162,26 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:18s}" + "".join(f"{c:>16s}" for c in cells))
         for (label, case), why in sorted(errors.items()):
             print(f"n/a {label} / {case}: {why}")
-        k, bk = med.get(("ketch", "copy cold")), med.get(("docker buildkit", "copy cold"))
-        if k is not None and bk is not None:
-            print(f"copy cold: ketch/buildkit {k / bk:.2f}x (target <= 1x)")
+        cold, cold_bk = med.get(("ketch", "copy cold")), med.get(("docker buildkit", "copy cold"))
+        if cold is not None and cold_bk is not None:
+            print(f"copy cold: ketch/buildkit {cold / cold_bk:.2f}x (target <= 1x)")
         kc, dc = med.get(("ketch", "copy cached")), med.get(("docker classic", "copy cached"))
         if kc is not None and dc is not None:
             print(f"copy cached: ketch/docker classic {kc / dc:.2f}x (target <= 0.25x)")
         return 0
     finally:
-        left: list[str] = []
-        for eng in engines.values():
-            try:
-                left += eb.stop(eng)
-            except Exception as e:  # keep cleaning the others
-                left.append(f"{eng.name}: {type(e).__name__}: {e}")
-        left += eb.settle(pids_before) + eb.unmount_under(work)
-        left += eb.remove_cgroups(eb.cgroup_dirs() - cgroups_before)
-        for p in litter:
-            shutil.rmtree(p, ignore_errors=True)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        left = eb.teardown(engines.values(), work, before, keep_work=args.keep)
         for line in left:
             print(f"cleanup: {line}")
 

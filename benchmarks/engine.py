@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -657,6 +657,48 @@ def report(res: Results, engines: list[Engine], args: argparse.Namespace) -> Non
 
 # ---------------------------------------------------------------- main
 
+@dataclass
+class HostState:
+    """What was on the host before a run, so the run's teardown removes only its own."""
+
+    cgroups: set[str]
+    pids: set[int]
+    litter: list[str]  # anchor install paths that did not exist yet
+    netns: set[str]
+
+    @classmethod
+    def now(cls) -> HostState:
+        return cls(cgroup_dirs(), all_pids(),
+                   [p for p in ANCHOR_LITTER if not os.path.lexists(p)],
+                   set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set())
+
+
+def teardown(engines: Iterable[Engine], work: Path, before: HostState, *,
+             keep_work: bool = False) -> list[str]:
+    """Stop every engine, then remove what the run left: processes, mounts under
+    ``work``, cgroups, anchor litter, podman's netns-* namespaces, and ``work`` itself
+    (unless ``keep_work``). Returns what had to be cleaned, one line each."""
+    left: list[str] = []
+    for eng in engines:
+        try:
+            left += stop(eng)
+        except Exception as e:  # keep cleaning the others
+            left.append(f"{eng.name}: {type(e).__name__}: {e}")
+    left += settle(before.pids) + unmount_under(work)
+    left += remove_cgroups(cgroup_dirs() - before.cgroups)
+    for p in before.litter:
+        shutil.rmtree(p, ignore_errors=True)
+    # podman names its containers' namespaces netns-<uuid>; a run cut short leaves one
+    now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    for ns in now - before.netns:
+        if ns.startswith("netns-"):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            left.append(f"deleted podman's netns {ns}")
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return left
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=15, help="timed runs per figure (default 15)")
@@ -683,9 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="kb-"))
     engines: list[Engine] = []
-    cgroups_before, pids_before = cgroup_dirs(), all_pids()
-    litter = [p for p in ANCHOR_LITTER if not os.path.lexists(p)]
-    netns_before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    before = HostState.now()
     res: Results = {m[0]: {} for m in METRICS}
     try:
         make_rootfs(str(work / "rootfs"))
@@ -734,23 +774,7 @@ def main(argv: list[str] | None = None) -> int:
                                  if n in ("DOCKER_HOST", "DOCKER_CONFIG", "CONTAINERS_CONF"))
                       + (f" {' '.join(k.cli)}" if k.name == "podman" else ""))
         else:
-            left = []
-            for eng in engines:
-                try:
-                    left += stop(eng)
-                except Exception as e:  # keep cleaning the others
-                    left.append(f"{eng.name}: {type(e).__name__}: {e}")
-            left += settle(pids_before) + unmount_under(work)
-            left += remove_cgroups(cgroup_dirs() - cgroups_before)
-            for p in litter:
-                shutil.rmtree(p, ignore_errors=True)
-            # podman names its containers' namespaces netns-<uuid>; a run cut short leaves one
-            now = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-            for ns in now - netns_before:
-                if ns.startswith("netns-"):
-                    subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-                    left.append(f"deleted podman's netns {ns}")
-            shutil.rmtree(work, ignore_errors=True)
+            left = teardown(engines, work, before)
             for line in left:
                 print(f"cleanup: {line}")
     return 0

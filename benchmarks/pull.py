@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kbp-"))
     engines: list[eb.Engine] = []
     registries: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    cgroups_before, pids_before = eb.cgroup_dirs(), eb.all_pids()
-    litter = [p for p in eb.ANCHOR_LITTER if not os.path.lexists(p)]
+    before = eb.HostState.now()
     try:
         layer_size, tar_path = make_layout(work / "layout", args.size_mb)
         index = json.loads((work / "layout" / "index.json").read_text())
@@ -285,18 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_proc(proc)
         if args.keep:
             print(f"--keep: daemons and namespaces stopped, work dir kept: {work}")
-        left: list[str] = []
-        for eng in engines:
-            try:
-                left += eb.stop(eng)
-            except Exception as e:  # keep cleaning the others
-                left.append(f"{eng.name}: {type(e).__name__}: {e}")
-        left += eb.settle(pids_before) + eb.unmount_under(work)
-        left += eb.remove_cgroups(eb.cgroup_dirs() - cgroups_before)
-        for p in litter:
-            shutil.rmtree(p, ignore_errors=True)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        left = eb.teardown(engines, work, before, keep_work=args.keep)
         for line in left:
             print(f"cleanup: {line}")
 
