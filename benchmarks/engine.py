@@ -119,6 +119,17 @@ def all_pids() -> set[int]:
     return {int(d) for d in os.listdir("/proc") if d.isdigit()}
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """A server this script started: TERM, 10 s, then KILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def kill_if(pid: int, start: int | None, sig: int = signal.SIGKILL) -> None:
     """Signal ``pid`` only while it is the process that started at ``start``."""
     st = stat(pid)

@@ -140,19 +140,9 @@ def start_registry(eng: eb.Engine) -> tuple[subprocess.Popen[bytes], int]:
              f"    socket.create_connection(('127.0.0.1',{port}),0.2).close(); break\n"
              f"  except OSError: time.sleep(0.025)\nelse: raise SystemExit(1)")
     if in_netns(eng, [sys.executable, "-c", probe]).returncode != 0:
-        stop_proc(proc)
+        eb.stop_process(proc)
         raise eb.BenchError(f"docker-registry did not start: {(root / 'log').read_text()}")
     return proc, port
-
-
-def stop_proc(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def pull_once(eng: eb.Engine, name: str) -> float:
@@ -281,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         for proc, _port in registries.values():
-            stop_proc(proc)
+            eb.stop_process(proc)
         if args.keep:
             print(f"--keep: daemons and namespaces stopped, work dir kept: {work}")
         left = eb.teardown(engines, work, before, keep_work=args.keep)

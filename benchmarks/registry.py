@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,6 +47,9 @@ import time
 import typing
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine import stop_process  # the sibling script's
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 
@@ -140,16 +142,6 @@ http:
                                 stderr=subprocess.STDOUT)
     wait_port(port, proc, log)
     return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _private_containers_dir() -> list[str]:
@@ -379,7 +371,7 @@ def main() -> None:
                 "loopback TCP": loopback_seconds(size)}
     finally:
         for proc, _ in procs.values():
-            stop(proc)
+            stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
     mb = layer_size / 1e6
     if args.json:

@@ -120,13 +120,15 @@ def start_ketchd(root: Path, *extra: str) -> Ketchd:
             break
         except OSError:
             if time.monotonic() > deadline:
-                stop_ketchd(proc)
+                stop_process(proc)
                 raise RuntimeError("ketchd did not open its socket in 15 s") from None
             time.sleep(0.005)
     return Ketchd(proc, root, sock, pidfile, time.monotonic() - started)
 
 
-def stop_ketchd(proc: subprocess.Popen[bytes]) -> int:
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """TERM, 10 s, then KILL (a ketchd, a registry: any server a test started); its exit
+    status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -157,7 +159,7 @@ def ketchd_busybox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]
         yield d
     finally:
         d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -168,5 +170,5 @@ def ketchd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
     try:
         yield d
     finally:
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)

@@ -35,7 +35,7 @@ import pytest
 from ketch.errors import Unavailable
 from ketch.image.bootstrap_debian import default_mirror, fetch_release
 from ketch.sys.ns import CLONE, setns
-from tests.compat.conftest import DOCKER, Ketchd, host_netns, in_netns, start_ketchd, stop_ketchd
+from tests.compat.conftest import DOCKER, Ketchd, host_netns, in_netns, start_ketchd, stop_process
 from tests.compat.test_ketch_cli import ketch_cli, ok
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/mmdebstrap"),
@@ -264,7 +264,7 @@ def kd(tmp_path_factory: pytest.TempPathFactory, mirror: str) -> Iterator[Ketchd
         ids = docker(d, "ps", "-aq").stdout.split()
         if ids:
             docker(d, "rm", "-f", *ids)
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 

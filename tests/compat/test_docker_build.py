@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_ketchd
+from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_process
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/bin/busybox"),
                                 reason="needs busybox-static")
@@ -74,7 +74,7 @@ def kd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
         yield d
     finally:
         d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
@@ -351,7 +351,7 @@ def test_docker_py_build_and_cache_survives_restart(tmp_path_factory: pytest.Tem
         assert image.labels == {"via": "py"}
         assert "py:1" in image.tags
         client.close()
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         d = start_ketchd(root)
         client = docker.DockerClient(base_url=d.url)
         again, logs = client.images.build(path=str(ctx), tag="py:1", labels={"via": "py"})
@@ -363,7 +363,7 @@ def test_docker_py_build_and_cache_survives_restart(tmp_path_factory: pytest.Tem
         assert "returned a non-zero code: 7" in str(err.value)
         client.close()
     finally:
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         import gc
         import shutil
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.conftest import DOCKER, Ketchd, seed_busybox, start_ketchd, stop_ketchd
+from tests.compat.conftest import DOCKER, Ketchd, seed_busybox, start_ketchd, stop_process
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -367,7 +367,7 @@ def test_daemon_restart_keeps_a_running_container_with_live_restore(
     finally:
         if cid:
             d.docker("rm", "-f", cid)
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -382,7 +382,7 @@ def test_unless_stopped_stays_stopped_after_a_manual_stop_across_restarts(
         stopped = _ok(d.docker("run", "-d", "--restart", "unless-stopped", "--stop-timeout",
                                "1", "busybox", "sleep", "60")).strip()
         _ok(d.docker("stop", stopped))
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         d = start_ketchd(root)
         assert _until(lambda: _inspect(d, kept)["State"]["Running"])
         time.sleep(0.5)
@@ -390,7 +390,7 @@ def test_unless_stopped_stays_stopped_after_a_manual_stop_across_restarts(
     finally:
         if d.proc.poll() is None:
             d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -404,7 +404,7 @@ def test_daemon_stop_without_live_restore_stops_containers(
         cid = _ok(d.docker("run", "-d", "--restart", "always", "--stop-timeout", "1",
                            "busybox", "sleep", "60")).strip()
         pid = _inspect(d, cid)["State"]["Pid"]
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         assert not os.path.exists(f"/proc/{pid}")
         d = start_ketchd(root)
         # restart policy "always" brings it back with the daemon
@@ -412,7 +412,7 @@ def test_daemon_stop_without_live_restore_stops_containers(
     finally:
         if d.proc.poll() is None and cid:
             d.docker("rm", "-f", cid)
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -487,7 +487,7 @@ def test_created_containers_behave_like_dockers(tmp_path_factory: pytest.TempPat
         c3 = _ok(d.docker("create", "busybox", "true")).strip()
         assert _until(lambda: _supervisor_of(c3), 5)
     finally:
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
     assert not _supervisor_of(c3)
     assert str(root) not in Path("/proc/mounts").read_text()
     shutil.rmtree(root, ignore_errors=True)

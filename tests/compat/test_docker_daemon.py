@@ -27,7 +27,7 @@ from tests.compat.conftest import (
     in_netns,
     seed_busybox,
     start_ketchd,
-    stop_ketchd,
+    stop_process,
 )
 
 
@@ -86,7 +86,7 @@ def test_tcp_requires_tls_with_client_certificates(tmp_path: Path) -> None:
                              text=True, timeout=30, check=False)
         assert bad.returncode != 0
     finally:
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
 
 
 def test_two_daemons_side_by_side(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -104,7 +104,7 @@ def test_two_daemons_side_by_side(tmp_path_factory: pytest.TempPathFactory) -> N
     finally:
         for d in ds:
             d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
-            stop_ketchd(d.proc)
+            stop_process(d.proc)
 
 
 def test_sigkill_at_any_moment_restarts_consistent(tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def test_sigkill_at_any_moment_restarts_consistent(tmp_path: Path) -> None:
             assert "container-" not in json.dumps(snaps)
     finally:
         d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
     mounts = Path("/proc/mounts").read_text()
     assert str(root) not in mounts
 
@@ -257,4 +257,4 @@ def test_config_file_and_default_runtime(tmp_path_factory: pytest.TempPathFactor
         assert _ok(d.docker("logs", cid)) == "hi\n"
         _ok(d.docker("rm", cid))
     finally:
-        stop_ketchd(d.proc)
+        stop_process(d.proc)

@@ -20,7 +20,7 @@ from tests.compat.conftest import (
     in_netns,
     seed_busybox,
     start_ketchd,
-    stop_ketchd,
+    stop_process,
 )
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -64,7 +64,7 @@ def kd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
         ids = d.docker("ps", "-aq").stdout.split()
         if ids:
             d.docker("rm", "-f", *ids)
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -284,7 +284,7 @@ def test_networks_and_addresses_survive_a_restart(tmp_path_factory: pytest.TempP
                            "httpd", "-f", "-p", "80", "-h", "/etc")).strip()
         ip = json.loads(_ok(d.docker("inspect", cid)))[0]["NetworkSettings"]["Networks"][
             "keep"]["IPAddress"]
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         d = start_ketchd(root, "--live-restore")
         info = json.loads(_ok(d.docker("network", "inspect", "keep")))[0]
         assert info["Id"] == nid and cid in info["Containers"]
@@ -301,7 +301,7 @@ def test_networks_and_addresses_survive_a_restart(tmp_path_factory: pytest.TempP
         if ids:
             d.docker("rm", "-f", *ids)
         d.docker("network", "rm", "keep")
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -450,5 +450,5 @@ def test_a_killed_daemon_leaves_nothing_after_restart(
         if ids:
             d.docker("rm", "-f", *ids)
         d.docker("network", "rm", "crashnet")
-        stop_ketchd(d.proc)
+        stop_process(d.proc)
         shutil.rmtree(root, ignore_errors=True)

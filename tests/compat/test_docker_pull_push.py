@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.conftest import Ketchd, in_netns
+from tests.compat.conftest import Ketchd, in_netns, stop_process
 
 REGISTRY = "/usr/bin/docker-registry"
 pytestmark = [
@@ -95,7 +94,7 @@ def _wait_listening(d: Ketchd, proc: subprocess.Popen[bytes], root: Path, port: 
              f"    socket.create_connection(('127.0.0.1',{port}),0.2).close(); sys.exit(0)\n"
              "  except OSError: time.sleep(0.025)\nsys.exit(1)")
     if in_ns(d, [sys.executable, "-c", probe]).returncode != 0:
-        stop(proc)
+        stop_process(proc)
         raise RuntimeError(f"registry did not start: {(root / 'registry.log').read_text()}")
 
 
@@ -116,16 +115,6 @@ def start_registry(d: Ketchd, root: Path, htpasswd: str | None = None) -> Regist
     return Registry(proc, root, port)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module", params=["distribution", "ketch"])
 def registry(request: pytest.FixtureRequest, ketchd_busybox: Ketchd,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
@@ -135,7 +124,7 @@ def registry(request: pytest.FixtureRequest, ketchd_busybox: Ketchd,
     try:
         yield r
     finally:
-        stop(r.proc)
+        stop_process(r.proc)
         shutil.rmtree(r.root, ignore_errors=True)
 
 
@@ -355,7 +344,7 @@ def auth_registry(request: pytest.FixtureRequest, ketchd_busybox: Ketchd,
     try:
         yield r
     finally:
-        stop(r.proc)
+        stop_process(r.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from ketch.registry.passwords import bcrypt_supported, hash_password
+from tests.compat.conftest import stop_process
 from tests.compat.test_skopeo_registry import (
     RegistryProc,
     make_oci_layout,
@@ -30,7 +31,6 @@ from tests.compat.test_skopeo_registry import (
     skopeo,
     skopeo_env,
     start_registry,
-    stop_registry,
 )
 
 pytestmark = [
@@ -74,7 +74,7 @@ def reg(request: pytest.FixtureRequest,
     try:
         yield r
     finally:
-        stop_registry(r.proc)
+        stop_process(r.proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -196,7 +196,7 @@ def test_webhook_on_push(skopeo_env: dict[str, str], tmp_path: Path) -> None:
                   f"docker://{reg.hostport}/hooks/app:hooked"))
         assert arrived.wait(10)
     finally:
-        stop_registry(reg.proc)
+        stop_process(reg.proc)
         hook.shutdown()
         hook.server_close()
     event = got[0]["events"][0]

@@ -17,7 +17,7 @@ import pytest
 
 import ketch
 from ketch.api.version import CURRENT, MINIMUM
-from tests.compat.conftest import Ketchd, start_ketchd, stop_ketchd
+from tests.compat.conftest import Ketchd, start_ketchd, stop_process
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -114,7 +114,7 @@ def test_pidfile_names_the_daemon(ketchd: Ketchd) -> None:
 def test_sigterm_removes_socket_and_pidfile(tmp_path: Path) -> None:
     d = start_ketchd(tmp_path)
     assert d.sock.exists() and d.pidfile.exists()
-    assert stop_ketchd(d.proc) == 0
+    assert stop_process(d.proc) == 0
     assert not d.sock.exists() and not d.pidfile.exists()
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.compat.conftest import stop_process
 
 SKOPEO = shutil.which("skopeo")
 pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo not installed "
@@ -105,19 +106,9 @@ def start_registry(tmp: Path, *extra: str) -> RegistryProc:
             return RegistryProc(proc, "127.0.0.1", int(m.group(2)), m.group(1) == "https",
                                 tmp)
         if proc.poll() is not None or time.monotonic() > deadline:
-            stop_registry(proc)
+            stop_process(proc)
             raise RuntimeError(f"registry did not start: {log_path.read_text()}")
         time.sleep(0.02)
-
-
-def stop_registry(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -143,7 +134,7 @@ def reg(request: pytest.FixtureRequest,
     try:
         yield r
     finally:
-        stop_registry(r.proc)
+        stop_process(r.proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
