@@ -42,8 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
 
-from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound, Unavailable
+from ketch.errors import Conflict, InvalidArgument, KetchError, Unavailable
 from ketch.image.layer import LayerResult, apply_layer
+from ketch.image.unpack import committed
 from ketch.oci import mediatypes as mt
 from ketch.snapshot import Kind, Mount, Snapshotter, mount_all, unmount
 
@@ -54,7 +55,6 @@ __all__ = [
     "Staged",
     "apply_in_place",
     "can_stage",
-    "committed",
     "drop",
     "graft",
     "independent",
@@ -71,16 +71,6 @@ ZSTD_TYPES = frozenset({mt.OCI_LAYER_ZSTD, mt.OCI_LAYER_NONDISTRIBUTABLE_ZSTD})
 
 def _key(what: str) -> str:
     return f"{KEY_PREFIX}{_TOKEN}-{uuid.uuid4().hex[:8]} {what}"
-
-
-def committed(snapshotter: Snapshotter, key: str) -> bool:
-    try:
-        info = snapshotter.stat(key)
-    except NotFound:
-        return False
-    if info.kind is not Kind.COMMITTED:
-        raise Conflict(f"snapshot {key!r} exists but is {info.kind.value}, not committed")
-    return True
 
 
 def sweep(snapshotter: Snapshotter) -> list[str]:

@@ -46,7 +46,7 @@ from ketch.errors import (
 )
 from ketch.image import blobs, reference
 from ketch.image.store import resolve_platform
-from ketch.image.unpack import chain_ids
+from ketch.image.unpack import chain_ids, committed
 from ketch.oci import mediatypes as mt
 from ketch.oci.descriptor import Descriptor, Platform
 from ketch.oci.digest import Digest
@@ -199,7 +199,7 @@ class Puller:
         for i, (desc, chain) in enumerate(zip(layers, chains, strict=True)):
             lid = desc.digest.hex[:12]
             if blobs.exists(self.content, desc.digest) and \
-                    layerstage.committed(self.snapshotter, chain):
+                    committed(self.snapshotter, chain):
                 self.emit({"status": "Already exists", "id": lid, "progressDetail": {}})
             else:
                 self.emit({"status": "Pulling fs layer", "id": lid, "progressDetail": {}})
@@ -235,7 +235,7 @@ class Puller:
     def _stack(self, desc: Descriptor, diff_id: str, chain: str, parent: str | None,
                staged: layerstage.Staged | None) -> None:
         lid = desc.digest.hex[:12]
-        if layerstage.committed(self.snapshotter, chain):
+        if committed(self.snapshotter, chain):
             layerstage.drop(self.snapshotter, staged)
         elif staged is not None and layerstage.graft(self.snapshotter, staged, chain, parent,
                                                      diff_id):
@@ -280,7 +280,7 @@ class Puller:
                chain: str) -> layerstage.Staged | None:
         """Download one layer (staging it on the way); returns its stage, if any."""
         lid = desc.digest.hex[:12]
-        need_snapshot = not layerstage.committed(self.snapshotter, chain)
+        need_snapshot = not committed(self.snapshotter, chain)
         w = self._writer(desc)
         if w is None:
             self.emit({"status": "Download complete", "id": lid, "progressDetail": {}})

@@ -37,7 +37,7 @@ from ketch.image.store import Image, manifest_layers, read_config, read_manifest
 from ketch.oci.descriptor import Descriptor
 from ketch.snapshot import Kind, Mount, Snapshotter, mount_all, unmount
 
-__all__ = ["chain_ids", "prepare_rootfs", "unpack"]
+__all__ = ["chain_ids", "committed", "prepare_rootfs", "unpack"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-def _committed(snapshotter: Snapshotter, key: str) -> bool:
+def committed(snapshotter: Snapshotter, key: str) -> bool:
+    """Whether snapshot ``key`` exists, committed; ``Conflict`` if it exists otherwise."""
     try:
         info = snapshotter.stat(key)
     except NotFound:
@@ -76,7 +77,7 @@ def unpack(image: Image, content: ContentStore, snapshotter: Snapshotter) -> str
     parent: str | None = None
     for i, (desc, diff_id, chain) in enumerate(zip(layers, diff_ids, chain_ids(diff_ids),
                                                    strict=True)):
-        if not _committed(snapshotter, chain):
+        if not committed(snapshotter, chain):
             _apply(i, desc, diff_id, chain, parent, content, snapshotter)
         parent = chain
     return parent
@@ -106,7 +107,7 @@ def _apply(i: int, desc: Descriptor, diff_id: str, chain: str, parent: str | Non
         try:
             snapshotter.commit(chain, key, labels={"ketch.io/diff_id": diff_id})
         except Conflict:
-            if not _committed(snapshotter, chain):
+            if not committed(snapshotter, chain):
                 raise
             log.debug("layer %d: %s was committed meanwhile; dropping ours", i, chain)
             return  # ``key`` is removed below

@@ -49,11 +49,11 @@ from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound
 from ketch.image import blobs
 from ketch.image.build.context import BuildContext, Entry, Source
 from ketch.image.layer import WHITEOUT_PREFIX, apply_layer
-from ketch.image.unpack import chain_ids
+from ketch.image.unpack import chain_ids, committed
 from ketch.oci import mediatypes as mt
 from ketch.oci.descriptor import Descriptor
 from ketch.runtime.rootfs import secure_join
-from ketch.snapshot import Kind, Snapshotter, mount_all, unmount
+from ketch.snapshot import Snapshotter, mount_all, unmount
 
 __all__ = ["CopySpec", "Layer", "mounted_view", "parse_chmod", "write_copy_layer"]
 
@@ -413,13 +413,6 @@ def _write_tar(out: _Out, items: Iterable[_Item], tree: TreeWriter | None = None
 # -- the step ------------------------------------------------------------------------------
 
 
-def _committed(snapshotter: Snapshotter, key: str) -> bool:
-    try:
-        return snapshotter.stat(key).kind is Kind.COMMITTED
-    except NotFound:
-        return False
-
-
 @contextlib.contextmanager
 def mounted_view(snapshotter: Snapshotter, parent: str | None) -> Iterator[str]:
     """A read-only mount of the tree at chain ID ``parent`` (empty dir for None)."""
@@ -487,7 +480,7 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
             snapshotter.commit(chain, key, labels={"ketch.io/diff_id": diff_id})
             done = True
         except Conflict:
-            if not _committed(snapshotter, chain):
+            if not committed(snapshotter, chain):
                 raise
         return Layer(Descriptor(mt.OCI_LAYER, digest, out.size), diff_id, chain)
     except BaseException:
