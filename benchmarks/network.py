@@ -9,7 +9,8 @@ packet filter (dockerd's iptables rules, ketchd's nft table), as installed daemo
 (1) TCP throughput container -> host (iperf3 client in a container, server on the
 engine's "host" at the bridge's gateway address); (2) container -> container over the
 bridge; (3) the median of ``run --rm --network none`` and of ``run --rm`` (default
-bridge), whose difference is what networking adds to a container's start. Throughput
+bridge), taken in pairs back to back so drift cancels, whose difference is what
+networking adds to a container's start. Throughput
 is the receiver's figure of iperf3's JSON report, median over ``--runs``. The image
 holds busybox and Debian's iperf3 with the libraries ``ldd`` names, made here and
 loaded by ``import``; nothing is pulled. No timed assertions.
@@ -182,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                 for eng in live:
                     eb.quiesce()
                     sample(eng, key)
-        for key in ("run_none", "run_bridge"):
-            for eng in live:
-                for _ in range(eb.WARMUPS):
+        for eng in live:
+            for _ in range(eb.WARMUPS):
+                for key in ("run_none", "run_bridge"):
                     eng.run("run", "--rm", *(["--network", "none"] if key == "run_none"
                                               else []), eng.image, "true")
-            for _ in range(args.starts):
-                for eng in live:
+        # the two starts of a pair run back to back, so drift between them is small:
+        # their difference is what networking adds
+        for _ in range(args.starts):
+            for eng in live:
+                for key in ("run_none", "run_bridge"):
                     eb.quiesce(window=0.2, limit=3)
                     sample(eng, key)
         for eng in live:

@@ -6,21 +6,27 @@ modules (``run``, ``containers``, ``cp``, ``images``, ``bootstrap``, ``volumes``
 ``system``) as :class:`~ketch.client.cli.base.Command` lists and mounted here:
 most at the top (``ketch ps``) and again under management commands
 (``ketch container ls``, ``ketch image rm``, ``ketch volume ls``, ``ketch system df``).
+
+A command line builds only the parser of its own verb: ``_VERBS`` says which module
+declares each top-level verb, so ``ketch build`` imports the build module and not the
+others (all of them together cost a ``ketch`` run about 0.25 s). Help, a group's
+verbs and anything not in the index get the whole tree; a unit test keeps the index
+equal to what the modules declare.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import NoReturn, TextIO
 
 import ketch
-from ketch.client.cli import build, containers, cp, images, login, run, system, volumes
 from ketch.client.cli.base import Command, Context, UsageError, error_text
-from ketch.client.cli.bootstrap import BOOTSTRAP
 from ketch.client.engine import EngineClient
 from ketch.errors import KetchError
 
@@ -40,29 +46,54 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}\nSee '{self.prog} --help'.", 125)
 
 
+#: the modules whose COMMANDS are top-level verbs, in help order
+_TOP_MODULES = ("run", "containers", "cp", "images", "login", "system", "build")
+#: which module declares each top-level verb (see the module doc; test_cli_verbs checks it)
+_VERBS: dict[str, str] = {
+    **dict.fromkeys(("run", "create", "start", "attach", "exec"), "run"),
+    **dict.fromkeys(("ps", "stop", "kill", "restart", "rm", "logs", "wait", "pause",
+                     "unpause", "rename", "top", "export", "diff"), "containers"),
+    "cp": "cp",
+    **dict.fromkeys(("images", "rmi", "tag", "load", "save", "import", "history", "pull",
+                     "push"), "images"),
+    "login": "login", "logout": "login",
+    **dict.fromkeys(("version", "info", "events", "inspect"), "system"),
+    "build": "build",
+}
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"ketch.client.cli.{name}")
+
+
 def _container_group() -> list[Command]:
     out: list[Command] = []
-    for c in [*run.COMMANDS, *containers.COMMANDS, *cp.COMMANDS]:
-        if c.name == "ps":
-            c = dataclasses.replace(c, name="ls", aliases=("ps", "list"))
-        out.append(c)
+    for name in ("run", "containers", "cp"):
+        for c in _module(name).COMMANDS:
+            if c.name == "ps":
+                c = dataclasses.replace(c, name="ls", aliases=("ps", "list"))
+            out.append(c)
     return out
 
 
-def _top_level() -> list[Command]:
+def _top_level(modules: Sequence[str] = _TOP_MODULES) -> list[Command]:
     generic = {"inspect"}  # the top-level inspect takes any object (system.COMMANDS)
-    cmds = [c for c in [*run.COMMANDS, *containers.COMMANDS, *cp.COMMANDS]
-            if c.name not in generic]
-    cmds += [*images.COMMANDS, *login.COMMANDS, *system.COMMANDS]
-    cmds += build.COMMANDS
+    cmds: list[Command] = []
+    for name in modules:
+        for c in _module(name).COMMANDS:
+            if c.name in generic and name in ("run", "containers", "cp"):
+                continue
+            cmds.append(c)
     return [dataclasses.replace(c, aliases=()) for c in cmds]
 
 
-GROUPS: dict[str, tuple[str, list[Command]]] = {
-    "container": ("Manage containers", _container_group()),
-    "image": ("Manage images", [*images.IMAGE_COMMANDS, BOOTSTRAP]),
-    "volume": ("Manage volumes", volumes.VOLUME_COMMANDS),
-    "system": ("Manage ketch", system.SYSTEM_COMMANDS),
+#: management commands: (help, the function listing their verbs)
+GROUPS: dict[str, tuple[str, Callable[[], list[Command]]]] = {
+    "container": ("Manage containers", _container_group),
+    "image": ("Manage images", lambda: [*_module("images").IMAGE_COMMANDS,
+                                        _module("bootstrap").BOOTSTRAP]),
+    "volume": ("Manage volumes", lambda: list(_module("volumes").VOLUME_COMMANDS)),
+    "system": ("Manage ketch", lambda: list(_module("system").SYSTEM_COMMANDS)),
 }
 
 
@@ -74,8 +105,30 @@ def _mount(sub: argparse._SubParsersAction[_Parser], cmd: Command, prefix: str) 
     p.set_defaults(run=cmd.run, prog=p.prog)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The whole command tree."""
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line (the first word not an option or ``-H``'s value)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-H", "--host"):
+            i += 2
+            continue
+        if not arg.startswith("-"):
+            return arg
+        i += 1
+    return None
+
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command tree: the whole of it, or (given the command line ``argv``) only
+    the part that line needs (see the module doc)."""
+    verb = _verb(argv) if argv is not None else None
+    top: Sequence[str] = _TOP_MODULES
+    groups: Sequence[str] = list(GROUPS)
+    if verb in _VERBS:
+        top, groups = (_VERBS[verb],), ()
+    elif verb in GROUPS:
+        top, groups = (), (verb,)
     p = _Parser(prog="ketch", description="A client for the ketch engine (the Docker "
                 "Engine API); docker's verbs and flags.")
     p.add_argument("-H", "--host", help=f"engine socket to connect to (default: $KETCH_HOST, "
@@ -83,12 +136,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--version", action="version", version=f"ketch version "
                    f"{ketch.__version__}")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
-    for cmd in _top_level():
+    for cmd in _top_level(top):
         _mount(sub, cmd, "ketch ")
-    for name, (help_text, cmds) in GROUPS.items():
+    for name in groups:
+        help_text, listing = GROUPS[name]
         g = sub.add_parser(name, help=help_text, description=help_text)
         gsub = g.add_subparsers(dest="subverb", metavar="COMMAND")
-        for cmd in cmds:
+        for cmd in listing():
             _mount(gsub, cmd, f"ketch {name} ")
         g.set_defaults(group=g, prog=g.prog)
     return p
@@ -103,7 +157,8 @@ def main(argv: Sequence[str] | None = None, client: EngineClient | None = None, 
     """
     err = stderr or sys.stderr
     try:
-        args, extra = parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+        line = list(sys.argv[1:] if argv is None else argv)
+        args, extra = parser(line).parse_known_args(line)
         if extra:
             raise UsageError(f"unknown flag: {extra[0]}\n"
                              f"See '{getattr(args, 'prog', 'ketch')} --help'.", 125)
