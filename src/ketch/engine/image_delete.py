@@ -1,10 +1,12 @@
 """Image removal and garbage collection: dockerd's rules, then what only the image held.
 
 ``remove`` follows ``daemon/images/image_delete.go``: a name given is untagged first
-(refused without force when a container uses an image that has no other tag); the
-image itself goes when nothing holds it. Hard conflicts (child images, running
-containers) cannot be forced; soft ones (other tags, stopped containers) can. The
-messages are dockerd's, word for word.
+(refused without force when a container uses an image that has no other tag), and
+when it was its repository's last tag the repository's ``repo@digest`` names go too;
+the image itself goes when nothing holds it. An image ID removes the image's names
+without force when they are one tag and digest names of the same repository. Hard
+conflicts (child images, running containers) cannot be forced; soft ones (other tags,
+stopped containers) can. The messages are dockerd's, word for word.
 
 Collecting after the last record of an image is gone: every blob its target reaches
 that no remaining image reaches and no ``save`` leases, then its layer snapshots from
@@ -50,6 +52,15 @@ class _Conflict(Conflict):
 
 
 
+def _single_reference(records: Sequence[Image]) -> bool:
+    """dockerd's isSingleReference: names all in one repository, at most one of them a
+    tag (the others ``repo@digest``); False for none."""
+    if len(records) <= 1:
+        return len(records) == 1
+    tags = [r for r in records if r.reference.digest is None]
+    return len(tags) <= 1 and len({r.reference.name for r in records}) == 1
+
+
 class ImageDeletion(ImageCore):
     """``docker rmi`` and ``docker image prune`` (see the module doc)."""
 
@@ -89,19 +100,29 @@ class ImageDeletion(ImageCore):
             quiet = False
             if not by_id:
                 users = self.in_use(image_id)
-                if not force and len(tagged) == 1 and users:
+                if not force and _single_reference(tagged) and users:
                     raise Conflict(f'conflict: unable to remove repository reference "{name}" '
                                    f"(must force) - container {short_id(users[0])} is using "
                                    f"its referenced image {short_id(image_id)}")
                 self._untag(record, items)
-                if len(tagged) > 1:
+                remaining = [r for r in tagged if r.name != record.name]
+                repo = record.reference.name
+                if record.reference.digest is None and not any(
+                        r.reference.name == repo and r.reference.digest is None
+                        for r in remaining):
+                    # the repository's last tag went: its digest names go with it
+                    for r in [r for r in remaining if r.reference.name == repo]:
+                        self._untag(r, items)
+                        remaining.remove(r)
+                if remaining:
                     return items, 0
                 quiet = True
-            elif len(tagged) == 1:
+            elif _single_reference(tagged):
                 c = self._check(image_id, images, references=False, stopped=not force)
                 if c is not None:
                     raise c
-                self._untag(tagged[0], items)
+                for r in tagged:
+                    self._untag(r, items)
             reclaimed = self._delete(image_id, items, force=force, prune=prune, quiet=quiet,
                                      gone=[record, *tagged])
             if reclaimed is None:

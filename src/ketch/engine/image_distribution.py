@@ -4,6 +4,13 @@ The work is in :mod:`ketch.engine.pull` and :mod:`ketch.engine.push`; this mixin
 :class:`ketch.engine.images.ImageService` turns API arguments into references and
 credentials, writes the image's name once a pull is complete (under the service's
 lock, after checking every blob is there), and publishes ``pull``/``push`` events.
+
+After a push it records the name ``repo@<pushed manifest digest>`` for the image, as
+dockerd does: that is the image's ``RepoDigests`` entry for the repository (the pushed
+manifest is not the local one when layers were gzip'd on the way out), and
+``docker pull``/``run repo@<digest>`` refer to the local image. Such a pull asks the
+registry for the manifest and, when its config is the local image's, pulls nothing
+(dockerd: "the image already exists locally").
 One :class:`~ketch.distribution.transport.Transport` is shared, so connections and
 the scheme chosen for loopback registries are reused from pull to pull.
 """
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +29,15 @@ from ketch.engine.events import EventBus
 from ketch.engine.image_core import ImageCore, familiar
 from ketch.errors import KetchError, NotFound
 from ketch.image import blobs, reference
-from ketch.image.store import ImageStore, host_platform
+from ketch.image.store import Image, ImageStore, host_platform
+from ketch.oci import mediatypes as mt
 from ketch.oci.descriptor import Platform
 from ketch.snapshot import Snapshotter
 
 if TYPE_CHECKING:  # the registry client is imported at the first pull, push or login:
     # a daemon that never talks to a registry does not hold it in memory
     from ketch.distribution.auth import Credentials
+    from ketch.distribution.client import Registry
     from ketch.distribution.transport import Transport
     from ketch.engine.pull import Emit
 
@@ -88,6 +98,8 @@ class ImageDistribution(ImageCore):
         say: Emit = emit or out.append
         plat = platform_of(platform)
         registry = Registry(ref.domain, auth, self._transport)
+        if ref.digest is not None and self._up_to_date(registry, ref, say):
+            return out
         result = Puller(self.content, self.snapshotter, registry, say).pull(ref, plat)
         name = str(ref)
         with self._mu:
@@ -138,9 +150,64 @@ class ImageDistribution(ImageCore):
         pusher = Pusher(self.content, registry, say)
         for rec in records:
             r = rec.reference
-            pusher.push(rec, ref.domain, ref.path, r.tag or reference.DEFAULT_TAG)
+            digest, _ = pusher.push(rec, ref.domain, ref.path, r.tag or reference.DEFAULT_TAG)
+            self._record_pushed(rec, reference.Reference(ref.domain, ref.path, digest=digest))
             self._publish("push", rec.id, familiar(rec.name))
         return out
+
+    def _record_pushed(self, rec: Image, pinned: reference.Reference) -> None:
+        """Name the image ``rec`` belongs to ``pinned`` (``repo@<pushed digest>``),
+        pointing at ``rec``'s local target (see the module doc). Nothing changes when
+        the image already has that name (a pull by digest: its target is the registry's
+        manifest, kept) or when it was removed while being pushed."""
+        name = str(pinned)
+        with self._mu:
+            entry = self._images().get(rec.id)
+            if entry is None:
+                log.info("image %s was removed during its push; %s not recorded",
+                         rec.id, pinned.familiar())
+                return
+            if any(r.name == name for r in entry.records):
+                return
+            self._set_name(name, rec.target)
+
+    def _up_to_date(self, registry: Registry, ref: reference.Reference, say: Emit) -> bool:
+        """A pull of ``repo@digest`` that needs nothing: a local image is known by that
+        reference (the name a push or an earlier pull recorded, or a tag of the
+        repository pointing at that manifest) and the registry's manifest of that digest
+        has this image's config. Then the name is recorded, the messages of an up to
+        date pull are sent and True returned. False sends nothing: the pull goes on
+        (and reports any registry error itself)."""
+        name = str(ref)
+        try:
+            rec = self.store.get(name)
+        except NotFound:
+            return False
+        try:
+            data, media, _ = registry.get_manifest(ref.path, str(ref.digest))
+            config = json.loads(data)["config"]["digest"] \
+                if media in mt.MANIFEST_TYPES else None
+        except (KetchError, OSError, ValueError, KeyError, TypeError) as e:
+            log.debug("pull %s: checking the local image: %s", ref.familiar(), e)
+            return False
+        if config != rec.id:
+            return False
+        with self._mu:
+            try:
+                rec = self.store.get(name)
+                blobs.closure(self.content, rec.target, strict=True)
+            except NotFound:
+                return False
+            if config != rec.id:
+                return False
+            if rec.name != name:
+                rec, _ = self._set_name(name, rec.target)
+        repo = reference.Reference(ref.domain, ref.path).familiar()
+        say({"status": f"Pulling from {repo}", "id": str(ref.digest)})
+        self._publish("pull", rec.id, familiar(name))
+        say({"status": f"Digest: {ref.digest}"})
+        say({"status": f"Status: Image is up to date for {ref.familiar()}"})
+        return True
 
     def login(self, username: str, password: str, server: str = "",
               identity_token: str = "") -> dict[str, str]:

@@ -83,15 +83,29 @@ class ImageService(ImageDeletion, ImageDistribution):
     def _repo_digests(self, img: ImageEntry,
                       tags: builtins.list[str] | None = None) -> builtins.list[str]:
         """``repo@digest`` of the image's names (of those in ``tags`` if given, and of
-        every ``repo@digest`` name: a pull by digest, which ``RepoTags`` never shows)."""
+        every ``repo@digest`` name, which ``RepoTags`` never shows).
+
+        A ``repo@digest`` name is a digest a registry knows: a pull by digest, or what
+        a push uploaded (:meth:`ImageDistribution._push`; the pushed manifest differs
+        from the local one when layers were gzip'd on the way out). A repository that
+        has such a name lists it, and not the local target's digest, for its tags; a
+        repository without one lists its tags' target digest (a pull by tag stores the
+        registry's manifest, so that digest is the registry's too).
+        """
+        def repo_of(r: Image) -> str:
+            ref = r.reference
+            return reference.Reference(ref.domain, ref.path).familiar()
+
+        pinned = {repo_of(r) for r in img.tagged if r.reference.digest is not None}
         out: builtins.list[str] = []
         for r in img.tagged:
-            ref = r.reference
-            by_digest = ref.digest is not None
-            if tags is not None and not by_digest and familiar(r.name) not in tags:
+            ref, repo = r.reference, repo_of(r)
+            if ref.digest is not None:
+                d = f"{repo}@{ref.digest}"
+            elif repo in pinned or (tags is not None and familiar(r.name) not in tags):
                 continue
-            repo = reference.Reference(ref.domain, ref.path).familiar()
-            d = f"{repo}@{ref.digest if by_digest else r.target.digest}"
+            else:
+                d = f"{repo}@{r.target.digest}"
             if d not in out:
                 out.append(d)
         return out

@@ -1,14 +1,27 @@
-"""Webhook notifications: an event per manifest push and per delete, POSTed in the
-background, retried with backoff, never holding up the request that caused it.
+"""Webhook notifications: an event per manifest or blob push, blob mount and delete,
+POSTed in the background, retried with backoff, never holding up the request that
+caused it.
 
 The body is Distribution's envelope (media type
 ``application/vnd.docker.distribution.events.v1+json``), one event per POST::
 
-    {"events": [{"id": "…", "timestamp": "2024-…Z", "action": "push" | "delete",
+    {"events": [{"id": "…", "timestamp": "2024-…Z",
+                 "action": "push" | "mount" | "delete",
                  "target": {"mediaType", "digest", "size", "length", "repository",
-                            "url", "tag"},
+                            "fromRepository", "url", "tag"},
                  "request": {"id", "addr", "host", "method", "useragent"},
                  "actor": {"name"}, "source": {"addr", "instanceID"}}]}
+
+What each event's target holds, as Distribution sends it:
+
+=================  ======================================================================
+manifest push      mediaType, digest, size, length, repository, url, tag (one per tag)
+blob push          mediaType ``application/octet-stream``, digest, size, length,
+                   repository, url (an upload completed, monolithic or not)
+blob mount         as a blob push, action ``mount``, plus ``fromRepository`` when the
+                   request named one
+delete             repository and digest (manifest or blob) or tag (a tag)
+=================  ======================================================================
 
 Lifecycle: ``Notifier(endpoints…)`` starts one sender thread per endpoint, each with
 its own bounded queue (a slow endpoint delays only itself). ``emit`` puts the event on
@@ -35,19 +48,25 @@ from urllib.parse import urlsplit
 
 from ketch.errors import InvalidArgument
 
-__all__ = ["EVENTS_MEDIA_TYPE", "Endpoint", "Notifier", "make_event"]
+__all__ = ["BLOB_MEDIA_TYPE", "EVENTS_MEDIA_TYPE", "Endpoint", "Notifier", "make_event"]
 
 log = logging.getLogger(__name__)
 
 EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
+#: the media type of a blob event's target (registries store bytes, not their types)
+BLOB_MEDIA_TYPE = "application/octet-stream"
 
 
 def make_event(action: str, *, repository: str, digest: str = "", media_type: str = "",
                size: int = 0, tag: str | None = None, actor: str | None = None,
                request: Mapping[str, str] | None = None, url: str = "",
-               source: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """One event in Distribution's shape (see the module docstring)."""
+               source: Mapping[str, str] | None = None,
+               from_repository: str = "") -> dict[str, Any]:
+    """One event in Distribution's shape (see the module docstring); empty fields are
+    left out, as Distribution's ``omitempty`` does."""
     target: dict[str, Any] = {"repository": repository}
+    if from_repository:
+        target["fromRepository"] = from_repository
     if media_type:
         target["mediaType"] = media_type
     if digest:

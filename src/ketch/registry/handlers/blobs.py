@@ -81,4 +81,5 @@ async def delete_blob(ctx: Context, req: Request, name: str, digest: str) -> Res
     d = parse_digest(digest)
     await ctx.run(ctx.registry.delete_blob, name, d)
     ctx.metrics.count("blob_deleted")
+    ctx.emit(req, "delete", name, digest=str(d))
     return Response(202, [("Content-Length", "0")])

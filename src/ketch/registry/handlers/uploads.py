@@ -12,6 +12,11 @@
   and makes the blob (201); ``GET`` reports the status (204 + ``Range``); ``DELETE``
   cancels (204).
 
+A completed upload (monolithic or not) is notified as a ``push`` and a mount as a
+``mount`` naming ``fromRepository`` (Distribution's events; an automatic mount, which
+names no source, has none); the target is the blob: media type
+``application/octet-stream``, digest, size, repository and URL.
+
 Bodies go from the socket to storage in pieces of ``_PIECE`` bytes: the socket is read
 straight into one of two preallocated buffers (``BodyStream.readinto``) while the other
 is hashed and written in a worker thread — one thread hop per piece, no per-chunk copies.
@@ -22,13 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import cast
+from typing import Any, cast
 
 from ketch.httpserver import BodyStream, Request, Response
 from ketch.oci.digest import Digest
-from ketch.registry.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid
+from ketch.registry.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+)
 from ketch.registry.handlers import Context
 from ketch.registry.names import check_name, is_upload_id, parse_digest
+from ketch.registry.notify import BLOB_MEDIA_TYPE
 from ketch.registry.repository import UploadAppender
 
 __all__ = ["cancel_upload", "finish_upload", "patch_upload", "start_upload", "upload_status"]
@@ -48,6 +60,13 @@ def _range_value(size: int) -> str:
 def _status_headers(name: str, upload_id: str, size: int) -> list[tuple[str, str]]:
     return [("Location", _location(name, upload_id)), ("Range", _range_value(size)),
             ("Docker-Upload-UUID", upload_id), ("Content-Length", "0")]
+
+
+def _blob_target(name: str, digest: Digest, size: int) -> dict[str, Any]:
+    """A blob as a notification's target (Distribution sends the stored blob's media
+    type, which is always ``application/octet-stream``)."""
+    return {"media_type": BLOB_MEDIA_TYPE, "digest": str(digest), "size": size,
+            "url": f"/v2/{name}/blobs/{digest}"}
 
 
 def _created(name: str, digest: Digest) -> Response:
@@ -138,6 +157,11 @@ async def start_upload(ctx: Context, req: Request, name: str) -> Response:
             check_name(source)
         if await ctx.run(reg.mount_blob, name, d, source or None):
             ctx.metrics.count("blob_mounted")
+            if ctx.notifier is not None:
+                with contextlib.suppress(BlobUnknown):  # deleted meanwhile: no event
+                    size = await ctx.run(reg.blob_size, name, d)
+                    ctx.emit(req, "mount", name, from_repository=source or "",
+                             **_blob_target(name, d, size))
             return _created(name, d)
     digest_arg = req.arg("digest")
     expected = parse_digest(digest_arg) if digest_arg is not None else None
@@ -147,7 +171,7 @@ async def start_upload(ctx: Context, req: Request, name: str) -> Response:
     async with ctx.upload_lock(upload_id):
         try:
             await _receive(ctx, req, name, upload_id, commit=True)
-            await ctx.run(reg.finish_upload, name, upload_id, expected)
+            size = await ctx.run(reg.finish_upload, name, upload_id, expected)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(ctx.run(reg.cancel_upload, name, upload_id))
@@ -155,6 +179,7 @@ async def start_upload(ctx: Context, req: Request, name: str) -> Response:
         finally:
             ctx.forget_upload(upload_id)
     ctx.metrics.count("blob_pushed")
+    ctx.emit(req, "push", name, **_blob_target(name, expected, size))
     return _created(name, expected)
 
 
@@ -180,10 +205,11 @@ async def finish_upload(ctx: Context, req: Request, name: str, upload_id: str) -
         _check_content_range(req, size, name, upload_id)
         await _receive(ctx, req, name, upload_id, commit=True)
         try:
-            await ctx.run(ctx.registry.finish_upload, name, upload_id, expected)
+            size = await ctx.run(ctx.registry.finish_upload, name, upload_id, expected)
         finally:
             ctx.forget_upload(upload_id)
     ctx.metrics.count("blob_pushed")
+    ctx.emit(req, "push", name, **_blob_target(name, expected, size))
     return _created(name, expected)
 
 
