@@ -5,24 +5,28 @@ Usage (root)::
     .venv/bin/python benchmarks/build.py [--size-mb 100] [--stage-mb 20] [--runs 5]
         [--only ketch|docker]... [--keep]
 
-Columns: ketchd and dockerd's classic builder through the same docker CLI
-(``DOCKER_BUILDKIT=0``), and dockerd's BuildKit through Debian's docker CLI 20.10
+Columns: ketchd through ``ketch build`` (our CLI, which sends only the files that
+changed since the daemon's last copy of the context, as BuildKit's client does); ketchd
+and dockerd's classic builder through the same docker CLI (``DOCKER_BUILDKIT=0``: the
+whole context every time); and dockerd's BuildKit through Debian's docker CLI 20.10
 (``/usr/bin/docker``, ``$KETCH_BUILDKIT_CLI``) with ``DOCKER_BUILDKIT=1``: that CLI
 still has BuildKit's client built in, where the CLI 28 needs the buildx plugin.
 
 Cases:
 
 ``copy cold``     ``FROM busybox`` + ``COPY big /big`` of ``--size-mb`` random bytes,
-                  ``--no-cache`` (the issue's target: ketch <= BuildKit)
-``copy cached``   the same build again with its cache warm (target: ketch <= 0.25x
-                  docker's classic cached rebuild)
+                  ``--no-cache`` (the issue's target: ketch build <= BuildKit); as for
+                  BuildKit, the context is the same as in the build before
+``copy cached``   the same build again with its cache warm (target: ketch build <=
+                  0.25x docker's classic cached rebuild)
 ``multi-stage``   two independent stages each writing ``--stage-mb`` in a RUN, a third
                   COPYing both results, ``--no-cache`` (independent stages may overlap)
 
 Every daemon runs in its own network namespace through ``benchmarks/engine.py``'s
 machinery (never a dockerd in the host's namespace); builds use ``--network none``.
-busybox is imported locally, nothing is pulled. Medians of ``--runs``, engines taking
-turns against drift. Only processes started here are signalled. No timed assertions.
+busybox is imported locally, nothing is pulled. Each cell's first build is a warm-up,
+not timed. Medians of ``--runs``, engines taking turns against drift. Only processes
+started here are signalled. No timed assertions.
 """
 
 from __future__ import annotations
@@ -42,8 +46,16 @@ import engine as eb  # the sibling script's daemons and namespaces
 
 #: the docker CLI that still speaks BuildKit without buildx (Debian's docker.io, 20.10)
 BUILDKIT_CLI = os.environ.get("KETCH_BUILDKIT_CLI") or "/usr/bin/docker"
-COLUMNS = (("ketch", "ketch", "0"), ("docker classic", "docker", "0"),
-           ("docker buildkit", "docker", "1"))
+#: (label, daemon, client): "docker" is the docker CLI's classic builder protocol,
+#: "buildkit" Debian's CLI with DOCKER_BUILDKIT=1, "ketch" ketch build
+COLUMNS = (("ketch build", "ketch", "ketch"), ("ketch (docker CLI)", "ketch", "docker"),
+           ("docker classic", "docker", "docker"), ("docker buildkit", "docker", "buildkit"))
+
+
+def ketch_cli() -> list[str]:
+    """``ketch`` next to this Python (the venv's entry point), else ``-m``."""
+    script = os.path.join(os.path.dirname(sys.executable), "ketch")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "ketch.cmd.ketch"]
 
 
 def contexts(work: Path, size_mb: int, stage_mb: int) -> dict[str, Path]:
@@ -78,9 +90,10 @@ def buildkit_error() -> str | None:
     return None
 
 
-def build(eng: eb.Engine, buildkit: str, ctx: Path, tag: str, *flags: str) -> float:
-    cli = [BUILDKIT_CLI] if buildkit == "1" else eng.cli
-    col = dataclasses.replace(eng, cli=cli, env={**eng.env, "DOCKER_BUILDKIT": buildkit})
+def build(eng: eb.Engine, client: str, ctx: Path, tag: str, *flags: str) -> float:
+    cli = {"buildkit": [BUILDKIT_CLI], "ketch": ketch_cli()}.get(client, eng.cli)
+    col = dataclasses.replace(eng, cli=cli, env={
+        **eng.env, "DOCKER_BUILDKIT": "1" if client == "buildkit" else "0"})
     t0 = time.perf_counter()
     p = col.run("build", "--network", "none", "-q", "-t", tag, *flags, str(ctx), timeout=600)
     dt = time.perf_counter() - t0
@@ -120,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         errors: dict[tuple[str, str], str] = {}
         cols = [c for c in COLUMNS if c[1] in engines]
         bk_error = buildkit_error()
-        for label, name, bk in cols:
-            why = engines[name].error or (bk_error if bk == "1" else None)
+        for label, name, client in cols:
+            why = engines[name].error or (bk_error if client == "buildkit" else None)
             if why:
                 for case in cases:
                     errors[(label, case)] = why
         for r in range(args.runs):
-            for label, name, bk in cols:
+            for label, name, client in cols:
                 eng = engines[name]
                 if eng.error:
                     continue
@@ -136,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                     if (label, case) in errors:
                         continue
                     try:
-                        if case == "copy cached" and r == 0:
-                            build(eng, bk, ctx, "bench-copy", *flags)  # warm the cache
+                        if r == 0:  # warm up: page cache, layer cache, context copies
+                            build(eng, client, ctx, f"bench-{case.split()[0]}", *flags)
                         times.setdefault((label, case), []).append(
-                            build(eng, bk, ctx, f"bench-{case.split()[0]}", *flags))
+                            build(eng, client, ctx, f"bench-{case.split()[0]}", *flags))
                     except Exception as e:
                         errors[(label, case)] = str(e)
         print(f"machine: {os.cpu_count()} cpus, kernel {os.uname().release}")
@@ -160,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:18s}" + "".join(f"{c:>16s}" for c in cells))
         for (label, case), why in sorted(errors.items()):
             print(f"n/a {label} / {case}: {why}")
-        cold, cold_bk = med.get(("ketch", "copy cold")), med.get(("docker buildkit", "copy cold"))
-        if cold is not None and cold_bk is not None:
-            print(f"copy cold: ketch/buildkit {cold / cold_bk:.2f}x (target <= 1x)")
-        kc, dc = med.get(("ketch", "copy cached")), med.get(("docker classic", "copy cached"))
-        if kc is not None and dc is not None:
-            print(f"copy cached: ketch/docker classic {kc / dc:.2f}x (target <= 0.25x)")
+        for label in ("ketch build", "ketch (docker CLI)"):
+            cold, bk = med.get((label, "copy cold")), med.get(("docker buildkit", "copy cold"))
+            if cold is not None and bk is not None:
+                print(f"copy cold: {label} / buildkit {cold / bk:.2f}x (target <= 1x)")
+            kc, dc = med.get((label, "copy cached")), med.get(("docker classic", "copy cached"))
+            if kc is not None and dc is not None:
+                print(f"copy cached: {label} / docker classic {kc / dc:.2f}x "
+                      "(target <= 0.25x)")
         return 0
     finally:
         left = eb.teardown(engines.values(), work, before, keep_work=args.keep)

@@ -399,13 +399,27 @@ class BuildAPI(Protocol):
                     build_args: Mapping[str, str | None] | None = None,
                     target: str | None = None, no_cache: bool = False, pull: bool = False,
                     labels: Mapping[str, str] | None = None, quiet: bool = False,
-                    network_mode: str | None = None, platform: str | None = None
-                    ) -> Stream[dict[str, Any]]:
+                    network_mode: str | None = None, platform: str | None = None,
+                    ketch_context: str | None = None) -> Stream[dict[str, Any]]:
         """Build from ``context`` (a tar: the Dockerfile and the files COPY takes).
 
         Yields docker's classic build messages (``{"stream": "Step 1/3 : ..."}``,
         ``{"aux": {"ID": ...}}``); a build error in the stream is raised when it
-        arrives (InvalidArgument with the step's message).
+        arrives (InvalidArgument with the step's message). With ``ketch_context`` (a
+        key, see :meth:`build_context_check`) ``context`` is a synced tar: its first
+        member ``.ketch-context.json`` is the manifest, then come the files the engine
+        asked for; Conflict (409) when the engine holds a file it was not sent no longer.
+        """
+        ...
+
+    def build_context_check(self, key: str, entries: Sequence[Mapping[str, Any]]
+                            ) -> list[str] | None:
+        """Which files of a context manifest the engine lacks (a ketch extension).
+
+        ``key`` names the context (16 to 64 lower-case hex digits); ``entries`` are
+        records ``{"path", "type", "mode", "size", "mtime_ns", "token", "target"?}``
+        (``docs/build.md``, "The context cache"). Returns the paths to send, or None
+        when the engine keeps no contexts (a dockerd): send the whole tar then.
         """
         ...
 

@@ -12,7 +12,6 @@ import base64
 import binascii
 import json
 import select
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,8 @@ from ketch.client.streams import demux
 from ketch.client.transport import Connection, Response, parse_host
 
 if TYPE_CHECKING:
+    import ssl
+
     from ketch.client.engine import EngineClient
 
 __all__ = ["DEFAULT_HOST", "RemoteEngineClient"]
@@ -456,17 +457,30 @@ class RemoteEngineClient:
                     build_args: Mapping[str, str | None] | None = None,
                     target: str | None = None, no_cache: bool = False, pull: bool = False,
                     labels: Mapping[str, str] | None = None, quiet: bool = False,
-                    network_mode: str | None = None, platform: str | None = None
-                    ) -> Stream[dict[str, Any]]:
+                    network_mode: str | None = None, platform: str | None = None,
+                    ketch_context: str | None = None) -> Stream[dict[str, Any]]:
         """``POST /build`` (classic builder): see :meth:`ketch.client.engine.BuildAPI`."""
         resp = self.api.open("POST", "/build", query={
             "t": list(tags) or None, "dockerfile": dockerfile,
             "buildargs": json.dumps(dict(build_args)) if build_args else None,
             "target": target, "nocache": no_cache or None, "pull": pull or None,
             "labels": json.dumps(dict(labels)) if labels else None, "q": quiet or None,
-            "networkmode": network_mode, "platform": platform, "rm": True},
-            body=context, headers=_TAR)
+            "networkmode": network_mode, "platform": platform, "rm": True,
+            "ketchcontext": ketch_context}, body=context, headers=_TAR)
         return self._progress(resp)
+
+    def build_context_check(self, key: str, entries: Sequence[Mapping[str, Any]]
+                            ) -> list[str] | None:
+        """``POST /ketch/build/contexts/{key}``: see :meth:`ketch.client.engine.BuildAPI`."""
+        try:
+            out = self.api.call("POST", "/ketch/build/contexts/" + path_quote(key),
+                                json_body={"entries": list(entries)})
+        except errors.NotFound:  # "page not found": an engine without context cache
+            return None
+        need = out.get("need") if isinstance(out, dict) else None
+        if not isinstance(need, list) or not all(isinstance(p, str) for p in need):
+            raise errors.Internal(f"build context check: unexpected reply {out!r:.80}")
+        return need
 
 
 if TYPE_CHECKING:

@@ -27,8 +27,7 @@ class DiskRouter:
         self.networks = networks
 
     def routes(self) -> list[Route]:
-        out = [Route("GET", "/system/df", self.df),
-               Route("POST", "/build/prune", self.build_prune)]
+        out = [Route("GET", "/system/df", self.df)]
         if not self.networks:
             out.append(Route("POST", "/networks/prune", self.networks_prune))
         return out
@@ -39,5 +38,3 @@ class DiskRouter:
     async def networks_prune(self, request: Request) -> Response:
         return json_response({"NetworksDeleted": None})
 
-    async def build_prune(self, request: Request) -> Response:
-        return json_response({"CachesDeleted": None, "SpaceReclaimed": 0})

@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ketch.engine.build import config as cfgmod
 from ketch.engine.build.cache import BuildCache, step_key
+from ketch.engine.build.contexts import ContextCache
 from ketch.engine.build.files import CopySpec, Layer, mounted_view, parse_chmod, write_copy_layer
 from ketch.engine.build.intake import extract_context, forget
 from ketch.engine.build.run import RunSpec, run_step
@@ -137,6 +138,8 @@ class Builder:
         for stale in os.listdir(self.tmp):  # contexts of builds a dead daemon left
             shutil.rmtree(os.path.join(self.tmp, stale), ignore_errors=True)
         self.cache = BuildCache(self.root, self._exists)
+        # kept client context trees (``ketch build``): they outlive builds and restarts
+        self.contexts = ContextCache(os.path.join(self.root, "contexts"))
 
     def _exists(self, image_id: str) -> bool:
         try:
@@ -161,6 +164,16 @@ class Builder:
         finally:
             forget(digests, work)
             await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def build_synced(self, key: str, context: IO[bytes], opts: BuildOptions,
+                           emit: Emit) -> str:
+        """``POST /build?ketchcontext=<key>``: ``context`` is a synced context tar (the
+        manifest, then only the files the daemon lacked) applied to the tree kept for
+        ``key`` (:mod:`.contexts`), which stays locked for the whole build and is kept
+        after it. A file the tar lacks and the daemon does not hold is a Conflict (409),
+        raised before the first message; otherwise as :meth:`build`."""
+        async with self.contexts.sync(key, context, self.cache.file_digests()) as ctx:
+            return await self.build_context(ctx, opts, emit)
 
     async def build_context(self, ctx: BuildContext, opts: BuildOptions, emit: Emit) -> str:
         """Build from a ready context (a directory); see the module doc."""

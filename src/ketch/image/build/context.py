@@ -46,7 +46,7 @@ from ketch.errors import InvalidArgument
 from ketch.image.build.dockerignore import DockerIgnore, clean_path
 from ketch.image.build.instructions import DockerfileError
 
-__all__ = ["BuildContext", "DigestCache", "Entry", "Source"]
+__all__ = ["BuildContext", "DigestCache", "Entry", "Source", "safe_name", "write_hashed"]
 
 #: (path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) → "sha256:..." of the content
 DigestCache = MutableMapping[tuple[str, int, int, int, int, int], str]
@@ -389,7 +389,7 @@ def _read_ignore(root: str) -> DockerIgnore:
         return DockerIgnore.parse(f.read())
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     """A tar member name as a context path; refuses absolute names and ``..``."""
     if name.startswith("/") or "\0" in name:
         raise InvalidArgument(f"invalid build context: absolute path {name!r} in the tar")
@@ -418,7 +418,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
              hashed: dict[str, str] | None) -> None:
     """One member into *root*; with *hashed*, the digest of each regular file written
     (context path → digest; a hard link shares its target's)."""
-    rel = _safe_name(member.name)
+    rel = safe_name(member.name)
     if not rel:
         return
     _make_parents(root, rel)
@@ -435,7 +435,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
         _remove(dest)
         src = tar.extractfile(member)
         assert src is not None
-        digest = _write_file(src, dest, hashed is not None)
+        digest = write_hashed(src, dest, hashed is not None)
         if hashed is not None:
             hashed[rel] = digest
         os.chmod(dest, mode)
@@ -443,7 +443,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
         _remove(dest)
         os.symlink(member.linkname, dest)
     elif member.islnk():
-        target = _safe_name(member.linkname)
+        target = safe_name(member.linkname)
         target_path = os.path.join(root, target)
         if not target or not _plain_path(root, target) or not os.path.isfile(target_path):
             raise InvalidArgument(f"invalid build context: hard link {member.name!r} to "
@@ -455,7 +455,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
     # devices, fifos and sockets have no place in a build context: skipped
 
 
-def _write_file(src: IO[bytes], dest: str, hash_it: bool) -> str:
+def write_hashed(src: IO[bytes], dest: str, hash_it: bool) -> str:
     """Copy *src* into the new file *dest* (mode 0600); its digest when *hash_it*
     (else "")."""
     h = hashlib.sha256() if hash_it else None
