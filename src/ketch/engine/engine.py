@@ -6,6 +6,7 @@ Built once by the composition root (``ketch.cmd.ketchd``) from an
 Layout of the data root (persistent) and exec root (per boot)::
 
     <data-root>/content/      blobs (ketch.content.local)
+    <data-root>/derived/      built layers kept as their snapshot (ketch.engine.derived)
     <data-root>/snapshots/    snapshotter state (overlay, or native where overlay fails)
     <data-root>/images/       image names -> content (ketch.image.store)
     <data-root>/volumes/      local volume driver
@@ -20,9 +21,10 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ketch.content.local import LocalContentStore
+from ketch.engine.derived import DerivedContent
 from ketch.engine.events import EventBus
 from ketch.engine.images import ImageService
 from ketch.engine.system import System
@@ -111,8 +113,9 @@ class Engine:
         for d in (data, exe):
             os.makedirs(d, mode=0o711, exist_ok=True)
         self.events = EventBus()
-        self.content = LocalContentStore(os.path.join(data, "content"))
         self.snapshotter = _snapshotter(os.path.join(data, "snapshots"))
+        self.content = DerivedContent(LocalContentStore(os.path.join(data, "content")),
+                                      os.path.join(data, "derived"), self._layer_tar)
         self.image_store = ImageStore(os.path.join(data, "images"), self.content)
         from ketch.engine.containers import runtimes
 
@@ -130,6 +133,12 @@ class Engine:
         self._containers(zygote)
         self._builder_: Builder | None = None
         self._sweep_build_contexts()
+
+    def _layer_tar(self, chain: str, out: IO[bytes]) -> None:
+        """The layer tar of committed snapshot ``chain`` (what a derived blob is made of)."""
+        from ketch.engine.diff import diff_tar
+
+        diff_tar(self.snapshotter, chain, out)
 
     def _networking(self) -> NetContext:
         """Networks, IPAM, the firewall table and the port allocator (made real in

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ketch.engine.derived import DerivedContent
 from ketch.engine.image_core import ImageCore, ImageEntry, familiar, is_dangling, short_id
 from ketch.engine.image_filters import (
     PRUNE_FILTERS,
@@ -184,12 +185,17 @@ class ImageDeletion(ImageCore):
                         size = self.content.info(d.digest).size
                         self.content.delete(d.digest)
                         reclaimed += size
+            derived = self.content if isinstance(self.content, DerivedContent) else None
             for chain in reversed(chains):
                 if chain in keep_chains:
                     continue
                 try:
                     size = self.snapshotter.usage(chain).size
+                    if derived is not None:  # a layer still used elsewhere, kept only as
+                        derived.before_chain_removed(chain)  # this snapshot, is written out
                     self.snapshotter.remove(chain)
+                    if derived is not None:
+                        derived.chain_removed(chain)
                     reclaimed += size
                 except NotFound:
                     continue

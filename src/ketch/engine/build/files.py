@@ -5,11 +5,16 @@ A COPY step is one layer on the stage's parent snapshot::
     prepare  "build-<random>"        active snapshot on the parent's chain ID; mounted
     plan     the entries to write    destination rules (below), checked against the
                                      mounted parent tree: what exists, where symlinks lead
-    write    the layer tar           straight into the content store, hashed on the way
-             and the tree            each entry also written into the mounted snapshot
-                                     as it goes (:mod:`.tree`: the layer applier's rules),
-                                     so the sources are read once and the tar hashed once
-                                     (a plain tar: its digest is the diff_id)
+    write    the tree                each entry written into the mounted snapshot
+                                     (:mod:`.tree`: the layer applier's rules), the
+                                     sources read once
+             the layer tar           on overlay with the engine's DerivedContent: not
+                                     written; its digest (the diff_id) is taken from
+                                     :func:`ketch.engine.diff.diff_tar` of the snapshot,
+                                     which makes the same bytes when the blob is first
+                                     read (:mod:`ketch.engine.derived`). Otherwise
+                                     written into the content store alongside the tree,
+                                     hashed on the way (a plain tar: its own diff_id)
     commit   "<chain id>"            the snapshot the next step's container or COPY uses
 
 ``ADD`` of a local archive takes the longer road: the tar first, then
@@ -35,6 +40,7 @@ leads and the layer records the real path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import tarfile
@@ -42,9 +48,12 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO, cast
 
 from ketch.content import ContentStore, Writer
 from ketch.engine.build.tree import TreeWriter
+from ketch.engine.derived import DerivedContent
+from ketch.engine.diff import diff_tar
 from ketch.errors import Conflict, InvalidArgument, KetchError, NotFound
 from ketch.image import blobs
 from ketch.image.build.context import BuildContext, Entry, Source
@@ -52,8 +61,10 @@ from ketch.image.layer import WHITEOUT_PREFIX, apply_layer
 from ketch.image.unpack import chain_ids, committed
 from ketch.oci import mediatypes as mt
 from ketch.oci.descriptor import Descriptor
+from ketch.oci.digest import Digest
 from ketch.runtime.rootfs import secure_join
 from ketch.snapshot import Snapshotter, mount_all, unmount
+from ketch.snapshot.overlay import OverlaySnapshotter
 
 __all__ = ["CopySpec", "Layer", "mounted_view", "parse_chmod", "write_copy_layer"]
 
@@ -265,15 +276,18 @@ def _entry_item(e: Entry, name: str, uid: int, gid: int, chmod: int | None) -> _
 
 
 class _Out:
-    """Buffered writes into a content ingest, counting bytes."""
+    """Buffered writes into a content ingest, counting bytes (``w`` None: counted and
+    dropped, when only the snapshot is written)."""
 
-    def __init__(self, w: Writer) -> None:
+    def __init__(self, w: Writer | None) -> None:
         self.w = w
         self.buf = bytearray()
         self.size = 0
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
+        if self.w is None:
+            return
         if len(data) >= _CHUNK:
             self.flush()
             self.w.write(data)
@@ -283,9 +297,28 @@ class _Out:
             self.flush()
 
     def flush(self) -> None:
-        if self.buf:
+        if self.buf and self.w is not None:
             self.w.write(bytes(self.buf))
             self.buf.clear()
+
+
+class _Digester:
+    """A binary sink that keeps only the sha256 and the count of what it is given."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def digest(self) -> Digest:
+        return Digest("sha256", self.h.hexdigest())
 
 
 def _header(out: _Out, ti: tarfile.TarInfo) -> None:
@@ -443,10 +476,14 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
 
     ``parent_diff_ids`` are the parent image's diff IDs (for the new chain ID).
     Errors name the step's line when they are about the sources or destination.
+    With a :class:`~ketch.engine.derived.DerivedContent` store on overlay snapshots the
+    layer is written only as the snapshot, and its tar is a derived blob (digest taken
+    by :func:`ketch.engine.diff.diff_tar`, made when it is first read).
     """
     key = f"build-{uuid.uuid4().hex[:12]}"
     target = tempfile.mkdtemp(prefix="ketch-build-")
-    w = blobs.new_writer(content, "build")
+    derive = isinstance(content, DerivedContent) and isinstance(snapshotter, OverlaySnapshotter)
+    w: Writer | None = None
     done = False
     try:
         mounts = snapshotter.prepare(key, parent, labels={"ketch.io/build": spec.keyword})
@@ -457,6 +494,9 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
                 items = _plan(target, spec, owner)
                 # one pass (tar and tree together) unless an archive is extracted
                 one_pass = all(it.kind != "archive" for it in items)
+                derive = derive and one_pass
+                if not derive:
+                    w = blobs.new_writer(content, "build")
                 out = _Out(w)
                 _write_tar(out, items, TreeWriter(target) if one_pass else None)
             except OSError as e:
@@ -467,14 +507,20 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
                 if not text.startswith("Dockerfile:"):
                     raise InvalidArgument(f"Dockerfile:{spec.line}: {text}") from None
                 raise
-            digest, _ = blobs.finish(content, w, out.size, None,
-                                     {blobs.LABEL_UNCOMPRESSED: str(out.size)})
-            diff_id = str(digest)  # a plain tar: the blob is its own diff
-            if not one_pass:
-                with content.open(digest) as f:
-                    diff_id = apply_layer(f, target).diff_id
+            if w is not None:
+                digest, _ = blobs.finish(content, w, out.size, None,
+                                         {blobs.LABEL_UNCOMPRESSED: str(out.size)})
+                size = out.size
+                diff_id = str(digest)  # a plain tar: the blob is its own diff
+                if not one_pass:
+                    with content.open(digest) as f:
+                        diff_id = apply_layer(f, target).diff_id
         finally:
             unmount(target)
+        if w is None:  # the tar is the snapshot's own diff: only its digest is taken now
+            sink = _Digester()
+            diff_tar(snapshotter, key, cast(IO[bytes], sink))
+            digest, size, diff_id = sink.digest(), sink.size, str(sink.digest())
         chain = chain_ids([*parent_diff_ids, diff_id])[-1]
         try:
             snapshotter.commit(chain, key, labels={"ketch.io/diff_id": diff_id})
@@ -482,11 +528,15 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
         except Conflict:
             if not committed(snapshotter, chain):
                 raise
-        return Layer(Descriptor(mt.OCI_LAYER, digest, out.size), diff_id, chain)
+        if w is None:
+            assert isinstance(content, DerivedContent)
+            content.add(digest, size, chain, {blobs.LABEL_UNCOMPRESSED: str(size)})
+        return Layer(Descriptor(mt.OCI_LAYER, digest, size), diff_id, chain)
     except BaseException:
-        w.close()
-        with contextlib.suppress(KetchError):
-            content.abort(w.ref)
+        if w is not None:
+            w.close()
+            with contextlib.suppress(KetchError):
+                content.abort(w.ref)
         raise
     finally:
         if not done:

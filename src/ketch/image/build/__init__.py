@@ -19,7 +19,24 @@ whose message names the line. ``docs/build.md`` describes the design.
 
 from __future__ import annotations
 
-from ketch.image.build.instructions import DockerfileError
-from ketch.image.build.parser import Dockerfile, parse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ketch.image.build.instructions import DockerfileError
+    from ketch.image.build.parser import Dockerfile, parse
 
 __all__ = ["Dockerfile", "DockerfileError", "parse"]
+
+
+def __getattr__(name: str) -> Any:
+    """The package's names, imported at first use: a client that needs only
+    ``dockerignore`` (``ketch build``) does not pay for the parser's ~25 ms of imports."""
+    if name == "DockerfileError":
+        from ketch.image.build.instructions import DockerfileError
+
+        return DockerfileError
+    if name in ("Dockerfile", "parse"):
+        from ketch.image.build import parser
+
+        return getattr(parser, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
