@@ -8,6 +8,7 @@ one-shot gates) and let the other run, for each interleaving the protocol in
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -375,7 +376,11 @@ def test_stress_pushes_and_collections_over_http() -> None:
     runs = [0]
 
     def collect() -> None:
-        while not stop.is_set():
+        # back to back, with a 1-30 ms breath between runs: a pure-Python GC in a tight
+        # loop holds the GIL so much that the server thread waits seconds per request,
+        # and the varying breath lets some pushes finish between runs, some not
+        pause = random.Random(7)
+        while not stop.wait(pause.uniform(0.001, 0.03)):
             gc(driver, grace=0).run()
             runs[0] += 1
 
