@@ -220,7 +220,13 @@ def main(argv: list[str] | None = None) -> int:
             r = rows.get(eng.name, {})
             with contextlib.suppress(ValueError, KeyError):
                 added = float(r["run_bridge"]) - float(r["run_none"])
-                print(f"{eng.name}: networking adds {added:.0f} ms to run --rm")
+                none, bridge = values[(eng.name, "run_none")], values[(eng.name, "run_bridge")]
+                paired = ""
+                if len(none) == len(bridge):  # pairs taken back to back (see above)
+                    diffs = [b - n for n, b in zip(none, bridge, strict=True)]
+                    paired = (" (median of the pairs' differences: "
+                              f"{statistics.median(diffs):.0f} ms)")
+                print(f"{eng.name}: networking adds {added:.0f} ms to run --rm{paired}")
     finally:
         for eng in engines:
             for line in eb.stop(eng):
