@@ -13,6 +13,9 @@ unix sockets), else in large reads and writes.
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+import socket
 import string
 import tempfile
 from dataclasses import dataclass
@@ -53,8 +56,8 @@ class Limits:
 @dataclass(slots=True)
 class FileBody:
     """A response body of ``count`` bytes of ``file`` from ``offset``, sent with
-    ``sendfile(2)`` when ``file`` has a descriptor and the socket is plain TCP/unix
-    (else read and written in large pieces). The server closes ``file`` afterwards."""
+    ``sendfile(2)`` on a unix socket and read and written in 1 MiB pieces on TCP (see
+    :func:`send_file`). The server closes ``file`` afterwards."""
 
     file: BinaryIO
     offset: int
@@ -67,10 +70,36 @@ async def send_file(writer: asyncio.StreamWriter, body: FileBody) -> None:
     the file."""
     if body.count <= 0:
         return
-    loop = asyncio.get_running_loop()
-    sent = await loop.sendfile(writer.transport, body.file, body.offset, body.count)
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        loop = asyncio.get_running_loop()
+        sent = await loop.sendfile(writer.transport, body.file, body.offset, body.count)
+    else:
+        # Over TCP (loopback included) sendfile measured slower than plain reads and
+        # writes, for the clients too: skopeo pulled a 100 MB blob in 0.73 s against
+        # 0.63 s, curl in 61 ms against 40 ms (benchmarks/registry.py's layer).
+        sent = await _copy(writer, body)
     if sent != body.count:  # the file shrank under us
         raise ConnectionResetError(f"short file body ({sent} of {body.count})")
+
+
+async def _copy(writer: asyncio.StreamWriter, body: FileBody) -> int:
+    try:
+        fd = body.file.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # an in-memory file
+        fd = -1
+        body.file.seek(body.offset)
+    offset, left = body.offset, body.count
+    while left:
+        n = min(left, _FILE_PIECE)
+        chunk = os.pread(fd, n, offset) if fd >= 0 else body.file.read(n)
+        if not chunk:
+            break
+        writer.write(chunk)
+        await writer.drain()
+        offset += len(chunk)
+        left -= len(chunk)
+    return body.count - left
 
 
 async def send_continue(writer: asyncio.StreamWriter, req: Request) -> None:
@@ -176,6 +205,7 @@ async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 # -- chunked coding, decoded in place ------------------------------------------------------
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+_FILE_PIECE = 1 << 20  # a file body's reads and writes over TCP
 _MAX_LINE = 8 << 10  # a chunk-size line with extensions, or one trailer field
 _HEX = frozenset(string.hexdigits.encode())
 

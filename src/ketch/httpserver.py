@@ -12,7 +12,7 @@ Lifecycle of one connection::
     chunked, ≤ max_body_bytes) ─▶ handler(Request) ─▶ Response
         ├─ body: bytes            → Content-Length, then next request (keep-alive)
         ├─ body: async iterator   → Transfer-Encoding: chunked, one chunk per item
-        ├─ body: FileBody         → Content-Length, bytes sent with sendfile(2)
+        ├─ body: FileBody         → Content-Length, sendfile(2) (unix) or 1 MiB writes (TCP)
         └─ hijack: callback       → head written, callback owns reader/writer, then close
 
 Streamed request bodies: when the server's ``stream_body(request)`` predicate says so,

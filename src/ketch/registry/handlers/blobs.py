@@ -1,6 +1,6 @@
 """``GET/HEAD/DELETE /v2/<name>/blobs/<digest>``: blobs, with single byte ranges.
 
-A GET answers with the file itself (``FileBody``: sendfile on plain sockets). A
+A GET answers with the file itself (``FileBody``: 1 MiB reads and writes on TCP). A
 ``Range: bytes=a-b`` / ``a-`` / ``-n`` request gets 206 and ``Content-Range``; a range
 past the end gets 416 ``RANGE_INVALID`` with ``Content-Range: bytes */size``; several
 ranges are answered with the whole blob (allowed by RFC 9110).
