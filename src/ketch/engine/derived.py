@@ -64,7 +64,7 @@ class DerivedContent:
         self.root = root
         self.make = make
         self._mu = threading.Lock()  # records: read-modify-write
-        self._making: dict[Digest, threading.Lock] = {}
+        self._making = [threading.Lock() for _ in range(16)]  # striped by digest
         os.makedirs(root, 0o700, exist_ok=True)
 
     # -- records --------------------------------------------------------------------------
@@ -154,9 +154,7 @@ class DerivedContent:
     def materialize(self, digest: Digest) -> None:
         """Write the derived blob ``digest`` into the store (nothing if it is there);
         NotFound if it is neither, FailedPrecondition if no snapshot makes it."""
-        with self._mu:
-            lock = self._making.setdefault(digest, threading.Lock())
-        with lock:
+        with self._making[int(digest.hex[:8], 16) % len(self._making)]:
             if self._in_store(digest):
                 return
             doc = self._load(digest)
