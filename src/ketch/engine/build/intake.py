@@ -99,7 +99,19 @@ def apply_synced(tar: tarfile.TarFile, tree: str) -> tuple[Manifest, dict[str, H
     steps (a)-(c) of the module doc. Returns the manifest and the files written."""
     manifest = _read_manifest(tar)
     _prepare(tree, manifest)
-    return manifest, _receive(tar, tree, manifest)
+    sent = _receive(tar, tree, manifest)
+    _times(tree, manifest)
+    return manifest, sent
+
+
+def _times(tree: str, manifest: Manifest) -> None:
+    """Directories and symlinks get the client's mtimes (files got theirs before their
+    rename), deepest first, so a COPY keeps them as docker's does."""
+    for rec in sorted((r for r in manifest.records.values() if r.kind != "file"),
+                      key=lambda r: r.path.count("/"), reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(os.path.join(tree, rec.path), ns=(rec.mtime_ns, rec.mtime_ns),
+                     follow_symlinks=False)
 
 
 def _int(obj: Mapping[str, Any], name: str, path: object) -> int:
@@ -321,6 +333,7 @@ def _receive(tar: tarfile.TarFile, tree: str, manifest: Manifest) -> dict[str, H
         try:
             digest = write_hashed(src, tmp, True)
             os.chmod(tmp, rec.mode)
+            os.utime(tmp, ns=(rec.mtime_ns, rec.mtime_ns))
             os.rename(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):

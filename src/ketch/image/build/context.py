@@ -109,8 +109,9 @@ class BuildContext:
                  digests: DigestCache | None = None) -> BuildContext:
         """Extract a tar stream (plain, gzip, bzip2 or xz) into *workdir* and use it.
 
-        *workdir* must be an empty directory the caller owns and removes. Owners and
-        times are not restored; devices, fifos and sockets are skipped. With *digests*,
+        *workdir* must be an empty directory the caller owns and removes. Modification
+        times are restored (COPY keeps them, as docker's does), owners are not; devices,
+        fifos and sockets are skipped. With *digests*,
         every regular file is hashed while it is written and its digest recorded under
         the key :meth:`digest` looks up, so the first COPY of a file never re-reads it.
         A seekable stream (a spooled body) is read in place, a socket's as a stream.
@@ -119,12 +120,18 @@ class BuildContext:
         hashed: dict[str, str] | None = {} if digests is not None else None
         try:
             mode: Literal["r:*", "r|*"] = "r:*" if _seekable(stream) else "r|*"
+            dirs: list[tuple[str, int]] = []  # their times go last: children change them
             with tarfile.open(fileobj=stream, mode=mode, bufsize=_CHUNK) as tar:
                 while (member := tar.next()) is not None:
                     _extract(tar, member, root, hashed)
+                    _restore_time(member, root, dirs)
                     seen = getattr(tar, "members", None)  # tarfile keeps every TarInfo;
                     if isinstance(seen, list):  # nothing looks back, so drop them
                         seen.clear()
+            for rel, ns in reversed(dirs):  # a later member may have made a parent a
+                if _plain_path(root, rel):  # symlink: never touch anything through it
+                    with contextlib.suppress(OSError):
+                        os.utime(os.path.join(root, rel), ns=(ns, ns), follow_symlinks=False)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise InvalidArgument(f"failed to read build context: {e}") from None
         if digests is not None and hashed:
@@ -453,6 +460,22 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
         if hashed is not None and target in hashed:
             hashed[rel] = hashed[target]
     # devices, fifos and sockets have no place in a build context: skipped
+
+
+def _restore_time(member: tarfile.TarInfo, root: str, dirs: list[tuple[str, int]]) -> None:
+    """The member's mtime on what :func:`_extract` made of it (a directory's is noted in
+    ``dirs`` for the end, as a context path)."""
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        return
+    rel = safe_name(member.name)
+    if not rel:
+        return
+    ns = int(member.mtime * 1_000_000_000)
+    if member.isdir():
+        dirs.append((rel, ns))
+        return
+    with contextlib.suppress(OSError):  # just made by _extract, under real directories
+        os.utime(os.path.join(root, rel), ns=(ns, ns), follow_symlinks=False)
 
 
 def write_hashed(src: IO[bytes], dest: str, hash_it: bool) -> str:
