@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -60,6 +61,7 @@ from ketch.errors import FailedPrecondition, InvalidArgument, NotFound, Unavaila
 from ketch.image.bootstrap import _HashingWriter, store_layer_image
 from ketch.image.store import Image, ImageStore
 from ketch.sys.mount import umount
+from ketch.sys.prctl import set_pdeathsig
 
 __all__ = [
     "DEFAULT_MIRROR",
@@ -420,8 +422,15 @@ def _build_layer(argv: list[str], epoch: int, layer_path: str,
 def _run_mmdebstrap(argv: list[str], env: dict[str, str], layer_path: str, epoch: int,
                     on_log: Callable[[str], None] | None) -> str:
     log.info("bootstrap: %s", " ".join(argv))
+    parent = os.getpid()
+
+    def die_with_us() -> None:  # in the child: if this process is killed (even SIGKILL),
+        set_pdeathsig(signal.SIGTERM)  # mmdebstrap gets SIGTERM and removes its mounts
+        if os.getppid() != parent:  # we died before that took effect
+            os._exit(1)
+
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env, preexec_fn=die_with_us)
     assert proc.stdout is not None and proc.stderr is not None
     reader = _LogReader(proc.stderr, on_log)
     reader.start()
