@@ -43,7 +43,14 @@ from typing import IO, TYPE_CHECKING, Any
 from ketch.engine.build import config as cfgmod
 from ketch.engine.build.cache import BuildCache, step_key
 from ketch.engine.build.contexts import ContextCache
-from ketch.engine.build.files import CopySpec, Layer, mounted_view, parse_chmod, write_copy_layer
+from ketch.engine.build.files import (
+    CopySpec,
+    Layer,
+    mounted_view,
+    parse_chmod,
+    workdir_layer,
+    write_copy_layer,
+)
 from ketch.engine.build.intake import extract_context, forget
 from ketch.engine.build.run import RunSpec, run_step
 from ketch.engine.image_core import short_id
@@ -421,8 +428,21 @@ class _Run:
                 if isinstance(instr, ins.Cmd):
                     state = dataclasses.replace(state, cmd_set=True)
                 key = step_key(parent_key, _key_of(instr))
+                if isinstance(instr, ins.Workdir):  # makes the directory if missing
+                    line = instr.line
+                    return await self.cached(state, key, lambda: self.workdir(
+                        state, new, created, line))
                 return await self.cached(state, key, lambda: self.b.commit(
                     state, new, created, None))
+
+    def workdir(self, state: _State, section: dict[str, Any], created: str,
+                line: int) -> _State:
+        """WORKDIR's step: its directory as a layer when the parent lacks it."""
+        layer = workdir_layer(self.b.content, self.b.snapshotter,
+                              self.b.chain_of(state.image_id), state.diff_ids, self.ctx,
+                              section["WorkingDir"], line)
+        return self.b.commit(state, section, created,
+                             None if layer is None else (layer.descriptor, layer.diff_id))
 
     async def cached(self, state: _State, key: str, make: Callable[[], _State]) -> _State:
         """A metadata step: reuse the cached image or make it (cheap, in a thread)."""

@@ -66,7 +66,8 @@ from ketch.runtime.rootfs import secure_join
 from ketch.snapshot import Snapshotter, mount_all, unmount
 from ketch.snapshot.overlay import OverlaySnapshotter
 
-__all__ = ["CopySpec", "Layer", "mounted_view", "parse_chmod", "write_copy_layer"]
+__all__ = ["CopySpec", "Layer", "mounted_view", "parse_chmod", "workdir_layer",
+           "write_copy_layer"]
 
 _CHUNK = 1 << 20
 _BLOCK = 512
@@ -544,3 +545,22 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
                 snapshotter.remove(key)
         with contextlib.suppress(OSError):
             os.rmdir(target)
+
+
+def workdir_layer(content: ContentStore, snapshotter: Snapshotter, parent: str | None,
+                  parent_diff_ids: Sequence[str], context: BuildContext, path: str,
+                  line: int) -> Layer | None:
+    """WORKDIR as dockerd's classic builder runs it: a missing ``path`` (and its missing
+    parents) is made as a layer, 0755 and owned by root; None when it is a directory
+    already (the step is then metadata only). A non-directory in the way is an error
+    naming the line."""
+    with mounted_view(snapshotter, parent) as root:
+        try:
+            if os.path.isdir(secure_join(root, path)):
+                return None
+        except OSError as e:  # a file where a directory has to be
+            raise InvalidArgument(f"Dockerfile:{line}: WORKDIR failed: mkdir {path}: "
+                                  f"{e.strerror.lower() if e.strerror else e}") from None
+    spec = CopySpec(context, (), path.rstrip("/") + "/", "/", (), None, None, False,
+                    "WORKDIR", line)
+    return write_copy_layer(content, snapshotter, parent, parent_diff_ids, spec)
