@@ -11,29 +11,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ketch.client.cli import split_host
+
 __all__ = ["main", "split_host"]
-
-
-def split_host(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``-H URL`` / ``--host URL`` / ``--host=URL`` before the verb → (URL, the rest)."""
-    rest: list[str] = []
-    host: str | None = None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("-"):
-            return host, rest + list(argv[i:])
-        if arg in ("-H", "--host") and i + 1 < len(argv):
-            host, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--host="):
-            host = arg.split("=", 1)[1]
-        elif arg.startswith("-H") and len(arg) > 2:
-            host = arg[2:].lstrip("=")
-        else:
-            rest.append(arg)
-        i += 1
-    return host, rest
 
 
 def main(argv: Sequence[str] | None = None) -> None:

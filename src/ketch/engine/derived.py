@@ -33,7 +33,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from typing import IO, Any, BinaryIO, cast
 from ketch.content import ContentStore, Info, Status, Writer
 from ketch.errors import FailedPrecondition, InvalidArgument, KetchError, NotFound
 from ketch.oci.digest import ALGORITHMS, Digest
+from ketch.runtime.state import atomic_write
 
 __all__ = ["DerivedContent", "Maker"]
 
@@ -86,17 +86,7 @@ class DerivedContent:
     def _save(self, digest: Digest, doc: Mapping[str, Any]) -> None:
         path = self._path(digest)
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
 
     def _drop(self, digest: Digest) -> bool:
         try:
@@ -122,8 +112,7 @@ class DerivedContent:
         ``size`` bytes (adding the chain to a blob already recorded). A blob already
         in the store needs no record."""
         with self._mu:
-            with contextlib.suppress(NotFound):
-                self.inner.info(digest)
+            if self._in_store(digest):
                 return
             now = _now().isoformat()
             doc = self._load(digest) or {"size": size, "chains": [], "labels": {},

@@ -173,6 +173,7 @@ class ImageDeletion(ImageCore):
             with contextlib.suppress(KetchError):
                 keep_chains.update(chain_ids(self._meta_of(r).config["rootfs"]["diff_ids"]))
         reclaimed = 0
+        derived = self.content if isinstance(self.content, DerivedContent) else None
         for r in removed:
             chains: builtins.list[str] = []
             with contextlib.suppress(KetchError):
@@ -185,7 +186,6 @@ class ImageDeletion(ImageCore):
                         size = self.content.info(d.digest).size
                         self.content.delete(d.digest)
                         reclaimed += size
-            derived = self.content if isinstance(self.content, DerivedContent) else None
             for chain in reversed(chains):
                 if chain in keep_chains:
                     continue

@@ -30,7 +30,7 @@ from ketch.client.cli.base import Command, Context, UsageError, error_text
 from ketch.client.engine import EngineClient
 from ketch.errors import KetchError
 
-__all__ = ["host_from_env", "main"]
+__all__ = ["host_from_env", "main", "split_host"]
 
 DEFAULT_HOST = "unix:///run/ketch.sock"
 
@@ -105,18 +105,31 @@ def _mount(sub: argparse._SubParsersAction[_Parser], cmd: Command, prefix: str) 
     p.set_defaults(run=cmd.run, prog=p.prog)
 
 
-def _verb(argv: Sequence[str]) -> str | None:
-    """The verb of a command line (the first word not an option or ``-H``'s value)."""
+def split_host(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``-H URL`` / ``--host URL`` / ``--host=URL`` before the verb → (URL, the rest)."""
+    rest: list[str] = []
+    host: str | None = None
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("-H", "--host"):
-            i += 2
-            continue
         if not arg.startswith("-"):
-            return arg
+            return host, rest + list(argv[i:])
+        if arg in ("-H", "--host") and i + 1 < len(argv):
+            host, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--host="):
+            host = arg.split("=", 1)[1]
+        elif arg.startswith("-H") and len(arg) > 2:
+            host = arg[2:].lstrip("=")
+        else:
+            rest.append(arg)
         i += 1
-    return None
+    return host, rest
+
+
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line (the first word not an option or ``-H``'s value)."""
+    return next((a for a in split_host(argv)[1] if not a.startswith("-")), None)
 
 
 def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

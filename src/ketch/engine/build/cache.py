@@ -22,14 +22,14 @@ time, so it never hits).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from ketch.runtime.state import atomic_write
 
 __all__ = ["BuildCache", "step_key"]
 
@@ -94,17 +94,7 @@ class BuildCache:
             return len(self._entries)
 
     def _save(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".cache-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._entries, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self._path, json.dumps(self._entries, separators=(",", ":")).encode())
 
     def file_digests(self) -> dict[tuple[str, int, int, int, int, int], str]:
         """The shared context-file digest map (bounded; cleared when it grows large)."""

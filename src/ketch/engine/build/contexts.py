@@ -48,11 +48,10 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import tarfile
 import threading
 from collections.abc import AsyncIterator, Mapping
-from typing import IO, Literal
+from typing import IO
 
 from ketch.engine.build.intake import (
     TEMP_PREFIX,
@@ -63,8 +62,9 @@ from ketch.engine.build.intake import (
     parse_manifest,
     unchanged,
 )
+from ketch.engine.volumes import dir_size
 from ketch.errors import Conflict, InvalidArgument
-from ketch.image.build.context import BuildContext, DigestCache
+from ketch.image.build.context import BuildContext, DigestCache, open_context_tar
 
 __all__ = ["CHANGED", "ContextCache", "check_key"]
 
@@ -75,7 +75,6 @@ CHANGED = "build context changed since it was checked; retry"
 
 _KEY = re.compile(r"[0-9a-f]{16,64}")
 _TMP = TEMP_PREFIX
-_CHUNK = 1 << 20
 
 
 def check_key(key: str) -> str:
@@ -211,7 +210,7 @@ class ContextCache:
 
     def _remove(self, key: str) -> int:
         kdir = self._dir(key)
-        size = _du(kdir)
+        size = dir_size(kdir)
         shutil.rmtree(kdir, ignore_errors=True)
         with self._mu:
             self._held.pop(key, None)
@@ -228,8 +227,7 @@ class ContextCache:
             pass
         held = self.held(key)
         try:
-            mode: Literal["r:*", "r|*"] = "r:*" if _seekable(stream) else "r|*"
-            with tarfile.open(fileobj=stream, mode=mode, bufsize=_CHUNK) as tar:
+            with open_context_tar(stream) as tar:
                 manifest, sent = apply_synced(tar, tree)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise InvalidArgument(f"failed to read build context: {e}") from None
@@ -262,24 +260,6 @@ def _remove_temps(tree: str) -> None:
             if name.startswith(_TMP):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(dirpath, name))
-
-
-def _du(path: str) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-    return total
-
-
-def _seekable(stream: IO[bytes]) -> bool:
-    try:
-        return stream.seekable()
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _load(path: str) -> dict[str, Held]:

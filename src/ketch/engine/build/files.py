@@ -40,7 +40,6 @@ leads and the layer records the real path.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import tarfile
@@ -61,7 +60,7 @@ from ketch.image.layer import WHITEOUT_PREFIX, apply_layer
 from ketch.image.unpack import chain_ids, committed
 from ketch.oci import mediatypes as mt
 from ketch.oci.descriptor import Descriptor
-from ketch.oci.digest import Digest
+from ketch.oci.digest import Digester
 from ketch.runtime.rootfs import secure_join
 from ketch.snapshot import Snapshotter, mount_all, unmount
 from ketch.snapshot.overlay import OverlaySnapshotter
@@ -307,19 +306,16 @@ class _Digester:
     """A binary sink that keeps only the sha256 and the count of what it is given."""
 
     def __init__(self) -> None:
-        self.h = hashlib.sha256()
+        self.digester = Digester()
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self.h.update(data)
+        self.digester.update(data)
         self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
         pass
-
-    def digest(self) -> Digest:
-        return Digest("sha256", self.h.hexdigest())
 
 
 def _header(out: _Out, ti: tarfile.TarInfo) -> None:
@@ -521,7 +517,8 @@ def write_copy_layer(content: ContentStore, snapshotter: Snapshotter, parent: st
         if w is None:  # the tar is the snapshot's own diff: only its digest is taken now
             sink = _Digester()
             diff_tar(snapshotter, key, cast(IO[bytes], sink))
-            digest, size, diff_id = sink.digest(), sink.size, str(sink.digest())
+            digest, size = sink.digester.digest(), sink.size
+            diff_id = str(digest)
         chain = chain_ids([*parent_diff_ids, diff_id])[-1]
         try:
             snapshotter.commit(chain, key, labels={"ketch.io/diff_id": diff_id})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,23 +17,6 @@ LIST_FILTERS = frozenset({"ancestor", "before", "expose", "exited", "health", "i
                           "isolation", "is-task", "label", "name", "network", "publish",
                           "since", "status", "volume"})
 _STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
-
-
-def _dir_size(path: str) -> int:
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(path):
-        for n in files + dirs:
-            try:
-                st = os.lstat(os.path.join(root, n))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            if not os.path.isdir(os.path.join(root, n)) or os.path.islink(os.path.join(root, n)):
-                total += st.st_size
-    return total
 
 
 def sizes(svc: ContainerService, c: Container) -> tuple[int, int]:

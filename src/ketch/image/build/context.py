@@ -46,7 +46,8 @@ from ketch.errors import InvalidArgument
 from ketch.image.build.dockerignore import DockerIgnore, clean_path
 from ketch.image.build.instructions import DockerfileError
 
-__all__ = ["BuildContext", "DigestCache", "Entry", "Source", "safe_name", "write_hashed"]
+__all__ = ["BuildContext", "DigestCache", "Entry", "Source", "open_context_tar", "safe_name",
+           "write_hashed"]
 
 #: (path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) → "sha256:..." of the content
 DigestCache = MutableMapping[tuple[str, int, int, int, int, int], str]
@@ -119,12 +120,10 @@ class BuildContext:
         root = os.path.realpath(workdir)
         hashed: dict[str, str] | None = {} if digests is not None else None
         try:
-            mode: Literal["r:*", "r|*"] = "r:*" if _seekable(stream) else "r|*"
             dirs: list[tuple[str, int]] = []  # their times go last: children change them
-            with tarfile.open(fileobj=stream, mode=mode, bufsize=_CHUNK) as tar:
+            with open_context_tar(stream) as tar:
                 while (member := tar.next()) is not None:
-                    _extract(tar, member, root, hashed)
-                    _restore_time(member, root, dirs)
+                    _extract(tar, member, root, hashed, dirs)
                     seen = getattr(tar, "members", None)  # tarfile keeps every TarInfo;
                     if isinstance(seen, list):  # nothing looks back, so drop them
                         seen.clear()
@@ -381,11 +380,15 @@ def _file_digest(path: str, cache: DigestCache | None) -> str:
     return digest
 
 
-def _seekable(stream: IO[bytes]) -> bool:
+def open_context_tar(stream: IO[bytes]) -> tarfile.TarFile:
+    """A context tar (plain, gzip, bzip2 or xz) open for reading in order: a seekable
+    stream (a spooled body) in place, a socket's as a stream, read 1 MiB at a time."""
     try:
-        return stream.seekable()
+        seekable = stream.seekable()
     except (AttributeError, OSError, ValueError):
-        return False
+        seekable = False
+    mode: Literal["r:*", "r|*"] = "r:*" if seekable else "r|*"
+    return tarfile.open(fileobj=stream, mode=mode, bufsize=_CHUNK)
 
 
 def _read_ignore(root: str) -> DockerIgnore:
@@ -422,15 +425,18 @@ def _make_parents(root: str, rel: str) -> None:
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
-             hashed: dict[str, str] | None) -> None:
-    """One member into *root*; with *hashed*, the digest of each regular file written
-    (context path → digest; a hard link shares its target's)."""
+             hashed: dict[str, str] | None, dirs: list[tuple[str, int]]) -> None:
+    """One member into *root*, with its mtime (a directory's is noted in *dirs*, as a
+    context path, for the end: what is extracted into it changes it); with *hashed*,
+    the digest of each regular file written (context path → digest; a hard link
+    shares its target's)."""
     rel = safe_name(member.name)
     if not rel:
         return
     _make_parents(root, rel)
     dest = os.path.join(root, rel)
     mode = member.mode & 0o7777
+    ns = int(member.mtime * 1_000_000_000)
     if hashed is not None:
         hashed.pop(rel, None)
     if member.isdir():
@@ -438,7 +444,9 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
             _remove(dest)
             os.mkdir(dest, 0o755)
         os.chmod(dest, mode | 0o700)
-    elif member.isreg():
+        dirs.append((rel, ns))
+        return
+    if member.isreg():
         _remove(dest)
         src = tar.extractfile(member)
         assert src is not None
@@ -459,23 +467,10 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: str,
         os.link(target_path, dest)
         if hashed is not None and target in hashed:
             hashed[rel] = hashed[target]
-    # devices, fifos and sockets have no place in a build context: skipped
-
-
-def _restore_time(member: tarfile.TarInfo, root: str, dirs: list[tuple[str, int]]) -> None:
-    """The member's mtime on what :func:`_extract` made of it (a directory's is noted in
-    ``dirs`` for the end, as a context path)."""
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+    else:  # devices, fifos and sockets have no place in a build context: skipped
         return
-    rel = safe_name(member.name)
-    if not rel:
-        return
-    ns = int(member.mtime * 1_000_000_000)
-    if member.isdir():
-        dirs.append((rel, ns))
-        return
-    with contextlib.suppress(OSError):  # just made by _extract, under real directories
-        os.utime(os.path.join(root, rel), ns=(ns, ns), follow_symlinks=False)
+    with contextlib.suppress(OSError):  # just made, under real directories
+        os.utime(dest, ns=(ns, ns), follow_symlinks=False)
 
 
 def write_hashed(src: IO[bytes], dest: str, hash_it: bool) -> str:
