@@ -13,11 +13,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from ketch.client.cli.build import Sent
+    from ketch.client.remote import RemoteEngineClient
 
 # The docker CLI, client only: $KETCH_DOCKER, else the first `docker` on PATH.
 DOCKER = os.environ.get("KETCH_DOCKER") or shutil.which("docker") or "/usr/bin/docker"
@@ -147,6 +152,37 @@ def seed_busybox(root: Path) -> None:
 
     content = LocalContentStore(root / "data" / "content")
     bootstrap_busybox(ImageStore(str(root / "data" / "images"), content), content)
+
+
+def write_files(root: Path, files: Mapping[str, str | bytes]) -> Path:
+    """Write ``{relative path: text or bytes}`` under ``root`` (parents made); ``root``."""
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            p.write_text(data)
+        else:
+            p.write_bytes(data)
+    return root
+
+
+def ketch_build(d: Ketchd, ctx: Path, *, client: RemoteEngineClient | None = None,
+                **options: Any) -> tuple[Sent, str]:
+    """``start_build`` as ``ketch build`` calls it, read to the end; (what was sent, the
+    build output), asserting the build succeeded."""
+    from ketch.client.cli.build import start_build
+    from ketch.client.remote import RemoteEngineClient
+
+    own = client is None
+    c = client or RemoteEngineClient(d.url)
+    try:
+        sent = start_build(c, str(ctx), None, **options)
+        text = "".join(str(m.get("stream", "")) for m in sent.messages)
+    finally:
+        if own:
+            c.close()
+    assert "Successfully built" in text, text
+    return sent, text
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,11 @@ docker CLI (the context tar) and through ``ketch build`` (the context cache)."""
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ketch.client.cli.build import start_build
-from ketch.client.remote import RemoteEngineClient
-from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_process
+from tests.compat.conftest import Ketchd, ketch_build
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not os.path.exists("/bin/busybox"),
@@ -20,18 +16,6 @@ pytestmark = [pytest.mark.root,
 
 FILE_TIME = 1_000_000_000  # 2001-09-09
 DIR_TIME = 1_100_000_000
-
-
-@pytest.fixture(scope="module")
-def ketchd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
-    root = tmp_path_factory.mktemp("ketchd-mtimes")
-    seed_busybox(root)
-    d = start_ketchd(root)
-    try:
-        yield d
-    finally:
-        stop_process(d.proc)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def context(tmp: Path) -> Path:
@@ -51,21 +35,15 @@ def mtimes(d: Ketchd, image: str) -> list[int]:
     return [int(x) for x in r.stdout.split()]
 
 
-def test_docker_build_keeps_mtimes(ketchd: Ketchd, tmp_path: Path) -> None:
-    r = ketchd.docker("build", "-q", "-t", "mtimes-docker:1", str(context(tmp_path)),
+def test_docker_build_keeps_mtimes(ketchd_busybox: Ketchd, tmp_path: Path) -> None:
+    r = ketchd_busybox.docker("build", "-q", "-t", "mtimes-docker:1", str(context(tmp_path)),
                       env={"DOCKER_BUILDKIT": "0"})
     assert r.returncode == 0, r.stderr
-    assert mtimes(ketchd, "mtimes-docker:1") == [FILE_TIME, DIR_TIME]
+    assert mtimes(ketchd_busybox, "mtimes-docker:1") == [FILE_TIME, DIR_TIME]
 
 
-def test_ketch_build_keeps_mtimes(ketchd: Ketchd, tmp_path: Path) -> None:
+def test_ketch_build_keeps_mtimes(ketchd_busybox: Ketchd, tmp_path: Path) -> None:
     ctx = context(tmp_path)
     for tag in ("mtimes-ketch:1", "mtimes-ketch:2"):  # sent, then held by the daemon
-        c = RemoteEngineClient(ketchd.url)
-        try:
-            sent = start_build(c, str(ctx), None, tags=[tag], no_cache=True)
-            text = "".join(str(m.get("stream", "")) for m in sent.messages)
-        finally:
-            c.close()
-        assert "Successfully built" in text, text
-        assert mtimes(ketchd, tag) == [FILE_TIME, DIR_TIME]
+        ketch_build(ketchd_busybox, ctx, tags=[tag], no_cache=True)
+        assert mtimes(ketchd_busybox, tag) == [FILE_TIME, DIR_TIME]

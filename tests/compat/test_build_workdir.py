@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_process
+from tests.compat.conftest import Ketchd
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not os.path.exists("/bin/busybox"),
                                  reason="needs busybox-static")]
-
-
-@pytest.fixture(scope="module")
-def ketchd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
-    root = tmp_path_factory.mktemp("ketchd-workdir")
-    seed_busybox(root)
-    d = start_ketchd(root)
-    try:
-        yield d
-    finally:
-        stop_process(d.proc)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def build(d: Ketchd, tmp: Path, dockerfile: str, tag: str) -> tuple[int, str]:
@@ -46,20 +32,20 @@ def layers(d: Ketchd, image: str) -> list[str]:
     return out
 
 
-def test_a_missing_workdir_is_made_as_a_layer(ketchd: Ketchd, tmp_path: Path) -> None:
-    rc, out = build(ketchd, tmp_path, "FROM busybox\nUSER nobody\nWORKDIR /srv/app\n"
+def test_a_missing_workdir_is_made_as_a_layer(ketchd_busybox: Ketchd, tmp_path: Path) -> None:
+    rc, out = build(ketchd_busybox, tmp_path, "FROM busybox\nUSER nobody\nWORKDIR /srv/app\n"
                     "WORKDIR /tmp\n", "workdir:1")
     assert rc == 0, out
-    assert len(layers(ketchd, "workdir:1")) == len(layers(ketchd, "busybox")) + 1
-    r = ketchd.docker("run", "--rm", "--network", "none", "--user", "0", "--workdir", "/",
+    assert len(layers(ketchd_busybox, "workdir:1")) == len(layers(ketchd_busybox, "busybox")) + 1
+    r = ketchd_busybox.docker("run", "--rm", "--network", "none", "--user", "0", "--workdir", "/",
                       "workdir:1", "stat", "-c", "%n %a %u", "/srv", "/srv/app")
     assert r.stdout.split("\n")[:2] == ["/srv 755 0", "/srv/app 755 0"], r.stderr
-    r = ketchd.docker("run", "--rm", "--network", "none", "workdir:1", "pwd")
+    r = ketchd_busybox.docker("run", "--rm", "--network", "none", "workdir:1", "pwd")
     assert r.stdout.strip() == "/tmp"
 
 
-def test_a_file_in_the_way_fails_naming_the_line(ketchd: Ketchd, tmp_path: Path) -> None:
-    rc, out = build(ketchd, tmp_path, "FROM busybox\nRUN touch /f\nWORKDIR /f/x\n",
+def test_a_file_in_the_way_fails_naming_the_line(ketchd_busybox: Ketchd, tmp_path: Path) -> None:
+    rc, out = build(ketchd_busybox, tmp_path, "FROM busybox\nRUN touch /f\nWORKDIR /f/x\n",
                     "workdir:bad")
     assert rc != 0
     assert "Dockerfile:3" in out and "not a directory" in out, out

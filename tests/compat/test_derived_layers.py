@@ -12,42 +12,16 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ketch.client.cli.build import start_build
-from ketch.client.remote import RemoteEngineClient
-from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_process
+from tests.compat.conftest import Ketchd, ketch_build
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not os.path.exists("/bin/busybox"),
                                  reason="needs busybox-static")]
-
-
-@pytest.fixture(scope="module")
-def ketchd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ketchd, Path]]:
-    root = tmp_path_factory.mktemp("ketchd-derived")
-    seed_busybox(root)
-    d = start_ketchd(root)
-    try:
-        yield d, root
-    finally:
-        stop_process(d.proc)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def build(d: Ketchd, ctx: Path, tag: str, **args: str) -> None:
-    c = RemoteEngineClient(d.url)
-    try:
-        sent = start_build(c, str(ctx), None, tags=[tag], build_args=args)
-        text = "".join(str(m.get("stream", "")) for m in sent.messages)
-    finally:
-        c.close()
-    assert "Successfully built" in text, text
 
 
 def context(tmp: Path, payload: bytes) -> Path:
@@ -78,11 +52,12 @@ def saved_layer(d: Ketchd, image: str, tmp: Path) -> bytes:
         return f.read()
 
 
-def test_a_copy_layer_is_written_when_it_leaves(ketchd: tuple[Ketchd, Path],
+def test_a_copy_layer_is_written_when_it_leaves(ketchd_busybox: Ketchd,
                                                 tmp_path: Path) -> None:
-    d, root = ketchd
+    d = ketchd_busybox
+    root = d.root
     payload = os.urandom(300_000)
-    build(d, context(tmp_path, payload), "derived-a:1")
+    ketch_build(d, context(tmp_path, payload), tags=["derived-a:1"])
     diff_id = top_layer(d, "derived-a:1")
     hexd = diff_id.split(":", 1)[1]
     blob = root / "data" / "content" / "blobs" / "sha256" / hexd
@@ -101,16 +76,17 @@ def test_a_copy_layer_is_written_when_it_leaves(ketchd: tuple[Ketchd, Path],
     assert not (root / "data" / "derived" / "sha256" / f"{hexd}.json").exists()
 
 
-def test_a_layer_shared_from_two_parents_outlives_one(ketchd: tuple[Ketchd, Path],
+def test_a_layer_shared_from_two_parents_outlives_one(ketchd_busybox: Ketchd,
                                                       tmp_path: Path) -> None:
-    d, root = ketchd
+    d = ketchd_busybox
+    root = d.root
     base = tmp_path / "base"
     base.mkdir()
     (base / "Dockerfile").write_text("FROM busybox\nRUN echo other > /other\n")
-    build(d, base, "derived-base:1")
+    ketch_build(d, base, tags=["derived-base:1"])
     ctx = context(tmp_path, os.urandom(200_000))
-    build(d, ctx, "derived-one:1")
-    build(d, ctx, "derived-two:1", BASE="derived-base:1")
+    ketch_build(d, ctx, tags=["derived-one:1"])
+    ketch_build(d, ctx, tags=["derived-two:1"], build_args={"BASE": "derived-base:1"})
     shared = top_layer(d, "derived-one:1")
     assert top_layer(d, "derived-two:1") == shared  # same bytes on two parents
     record = root / "data" / "derived" / "sha256" / f"{shared.split(':', 1)[1]}.json"

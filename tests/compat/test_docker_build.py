@@ -14,29 +14,18 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_process
+from tests.compat.conftest import write_files as write
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/bin/busybox"),
                                 reason="needs busybox-static")
 
 _CLASSIC = {"DOCKER_BUILDKIT": "0"}
-
-
-def write(root: Path, files: dict[str, str | bytes]) -> Path:
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, str):
-            p.write_text(data)
-        else:
-            p.write_bytes(data)
-    return root
 
 
 def build(d: Ketchd, ctx: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -66,18 +55,8 @@ def containers(d: Ketchd) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def kd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ketchd]:
-    root = tmp_path_factory.mktemp("ketchd-build")
-    seed_busybox(root)
-    d = start_ketchd(root)
-    try:
-        yield d
-    finally:
-        d.docker("rm", "-f", *d.docker("ps", "-aq").stdout.split())
-        stop_process(d.proc)
-        import shutil
-
-        shutil.rmtree(root, ignore_errors=True)
+def kd(ketchd_busybox: Ketchd) -> Ketchd:
+    return ketchd_busybox
 
 
 def test_classic_build_run_copy_and_metadata(kd: Ketchd, tmp_path: Path) -> None:

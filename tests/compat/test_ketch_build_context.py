@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 
-from ketch.client.cli.build import Sent, context_key, context_manifest, start_build
+from ketch.client.cli.build import context_key, context_manifest
 from ketch.client.remote import RemoteEngineClient
 from ketch.errors import InvalidArgument
 from tests.compat.conftest import Ketchd, seed_busybox, start_ketchd, stop_process
+from tests.compat.conftest import ketch_build as build
+from tests.compat.conftest import write_files as write
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not os.path.exists("/bin/busybox"),
@@ -55,32 +57,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         dm.d.docker("rm", "-f", *dm.d.docker("ps", "-aq").stdout.split())
         stop_process(dm.d.proc)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def write(root: Path, files: Mapping[str, str | bytes]) -> Path:
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, str):
-            p.write_text(data)
-        else:
-            p.write_bytes(data)
-    return root
-
-
-def build(d: Ketchd, ctx: Path, *, client: RemoteEngineClient | None = None,
-          **options: Any) -> tuple[Sent, str]:
-    """``start_build`` as ``ketch build`` calls it; (what was sent, the build output)."""
-    own = client is None
-    c = client or RemoteEngineClient(d.url)
-    try:
-        sent = start_build(c, str(ctx), None, **options)
-        text = "".join(str(m.get("stream", "")) for m in sent.messages)
-    finally:
-        if own:
-            c.close()
-    assert "Successfully built" in text, text
-    return sent, text
 
 
 def ketch(d: Ketchd, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ import pytest
 import ketch.httpstream
 from ketch.httpbody import BadRequest, ChunkDecoder
 from ketch.httpserver import HTTPServer, Request, Response
+from tests.unit.httpserver_client import Connect, serve
 
 # -- the decoder ---------------------------------------------------------------------------
 
@@ -114,54 +115,9 @@ async def _app(req: Request) -> Response:
 _RECORD: list[tuple[str, int]] = []
 
 
-class Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.r, self.w = reader, writer
-
-    async def send(self, data: bytes, *, pieces: int = 1, pause: float = 0.0) -> None:
-        step = max(1, len(data) // pieces)
-        for i in range(0, len(data), step):
-            self.w.write(data[i:i + step])
-            await self.w.drain()
-            if pause:
-                await asyncio.sleep(pause)
-
-    async def response(self) -> tuple[int, dict[str, str], bytes]:
-        head = await self.r.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in
-                   (ln.partition(":") for ln in lines[1:] if ln)}
-        body = await self.r.readexactly(int(headers.get("content-length", "0")))
-        return int(lines[0].split()[1]), headers, body
-
-
-Connect = Callable[[], Awaitable[Conn]]
-
-
 def _run(test: Callable[[Connect], Awaitable[None]],
          tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> None:
-    async def main() -> None:
-        http = HTTPServer(_app, stream_body=lambda r: True)
-        server = await http.start_tcp("127.0.0.1", 0, tls[0] if tls else None)
-        port = server.sockets[0].getsockname()[1]
-        conns: list[Conn] = []
-
-        async def connect() -> Conn:
-            c = Conn(*await asyncio.open_connection("127.0.0.1", port,
-                                                    ssl=tls[1] if tls else None))
-            conns.append(c)
-            return c
-
-        try:
-            await asyncio.wait_for(test(connect), 30)
-        finally:
-            for c in conns:
-                c.w.close()
-            server.close()
-            await server.wait_closed()
-            await http.close_connections()
-
-    asyncio.run(main())
+    serve(HTTPServer(_app, stream_body=lambda r: True), test, tls=tls)
 
 
 def _put(path: str, body: bytes) -> bytes:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ketch.httpserver import FileBody, HTTPServer, Limits, Request, Response
+from tests.unit.httpserver_client import Connect, serve
 
 FILE_DATA = os.urandom(3 << 20) + b"tail"
 
@@ -48,55 +49,10 @@ def _make_app(tmp: Path) -> Callable[[Request], Awaitable[Response]]:
     return app
 
 
-class Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.r, self.w = reader, writer
-
-    async def send(self, data: bytes) -> None:
-        self.w.write(data)
-        await self.w.drain()
-
-    async def response(self) -> tuple[int, dict[str, str], bytes]:
-        head = await self.r.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, _, v in
-                   (ln.partition(":") for ln in lines[1:] if ln)}
-        n = int(headers.get("content-length", "0"))
-        return status, headers, await self.r.readexactly(n)
-
-    async def head_only(self) -> tuple[int, dict[str, str]]:
-        head = await self.r.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in
-                   (ln.partition(":") for ln in lines[1:] if ln)}
-        return int(lines[0].split()[1]), headers
-
-
-def _run(tmp: Path, test: Callable[[Callable[[], Awaitable[Conn]]], Awaitable[None]],
+def _run(tmp: Path, test: Callable[[Connect], Awaitable[None]],
          limits: Limits | None = None) -> None:
-    async def main() -> None:
-        http = HTTPServer(_make_app(tmp), limits=limits or Limits(),
-                          stream_body=lambda r: r.path != "/buffered")
-        server = await http.start_tcp("127.0.0.1", 0, None)
-        port = server.sockets[0].getsockname()[1]
-        conns: list[Conn] = []
-
-        async def connect() -> Conn:
-            c = Conn(*await asyncio.open_connection("127.0.0.1", port))
-            conns.append(c)
-            return c
-
-        try:
-            await asyncio.wait_for(test(connect), 20)
-        finally:
-            for c in conns:
-                c.w.close()
-            server.close()
-            await server.wait_closed()
-            await http.close_connections()
-
-    asyncio.run(main())
+    serve(HTTPServer(_make_app(tmp), limits=limits or Limits(),
+                     stream_body=lambda r: r.path != "/buffered"), test, timeout=20)
 
 
 def _open_files() -> list[str]:
@@ -121,7 +77,7 @@ def _chunked(pieces: list[bytes]) -> bytes:
 def test_content_length_body_streams_and_keeps_alive(tmp_path: Path) -> None:
     payload = os.urandom(5 << 20)
 
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/hash", payload))
         status, headers, body = await c.response()
@@ -140,7 +96,7 @@ def test_content_length_body_streams_and_keeps_alive(tmp_path: Path) -> None:
 def test_chunked_body_streams_and_keeps_alive(tmp_path: Path) -> None:
     pieces = [os.urandom(n) for n in (1, 70_000, 3, 200_000)]
 
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(b"PATCH /hash HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                      + _chunked(pieces))
@@ -156,7 +112,7 @@ def test_chunked_body_streams_and_keeps_alive(tmp_path: Path) -> None:
 
 
 def test_unread_small_body_is_drained(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/ignore", b"x" * 1000))
         status, headers, _ = await c.response()
@@ -168,7 +124,7 @@ def test_unread_small_body_is_drained(tmp_path: Path) -> None:
 
 
 def test_unread_large_body_closes_connection(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/ignore", b"x" * (2 << 20)))
         status, headers, _ = await c.response()
@@ -179,7 +135,7 @@ def test_unread_large_body_closes_connection(tmp_path: Path) -> None:
 
 
 def test_expect_continue_sent_on_first_read_only(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/hash", extra="Content-Length: 3\r\nExpect: 100-continue\r\n")
                      .replace(b"Content-Length: 0\r\n", b""))
@@ -198,7 +154,7 @@ def test_expect_continue_sent_on_first_read_only(tmp_path: Path) -> None:
 
 
 def test_readall_limit_gives_413(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/small", b"0123456789"))
         assert (await c.response())[2] == b"0123456789"
@@ -214,7 +170,7 @@ def test_readall_limit_gives_413(tmp_path: Path) -> None:
 
 
 def test_body_over_server_limit_refused_before_handler(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/hash", b"x" * 101))
         assert (await c.response())[0] == 413
@@ -228,7 +184,7 @@ def test_body_over_server_limit_refused_before_handler(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabXX0\r\n\r\n"])
 def test_malformed_chunks_give_400(tmp_path: Path, bad: bytes) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(b"PUT /hash HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                      + bad)
@@ -239,7 +195,7 @@ def test_malformed_chunks_give_400(tmp_path: Path, bad: bytes) -> None:
 
 
 def test_client_hangup_mid_body_closes_quietly(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("PUT", "/hash", b"x" * 10).replace(b"Length: 10", b"Length: 99"))
         c.w.write_eof()
@@ -252,7 +208,7 @@ def test_client_hangup_mid_body_closes_quietly(tmp_path: Path) -> None:
 
 
 def test_buffered_routes_unchanged(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("POST", "/buffered", b"hello"))
         assert (await c.response())[2] == b"hello"
@@ -261,7 +217,7 @@ def test_buffered_routes_unchanged(tmp_path: Path) -> None:
 
 
 def test_file_body_whole_range_and_head(tmp_path: Path) -> None:
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         await c.send(_req("GET", "/file"))
         status, headers, body = await c.response()
@@ -285,7 +241,7 @@ def test_file_body_whole_range_and_head(tmp_path: Path) -> None:
 def test_tls_handshake_on_plain_listener_is_refused_at_once(tmp_path: Path) -> None:
     import ssl
 
-    async def t(connect: Callable[[], Awaitable[Conn]]) -> None:
+    async def t(connect: Connect) -> None:
         c = await connect()
         port = c.w.get_extra_info("peername")[1]
         ctx = ssl.create_default_context()
